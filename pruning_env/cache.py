@@ -1,0 +1,132 @@
+"""On-disk cache: where things live and how cached artefacts are keyed.
+
+Every expensive artefact (trained base weights, latency tables, attention gates, layer
+statistics) is stored under :func:`cache_dir` in a file named by a hash of everything that
+produced it, so a change of weights, data or settings gives a new key and a rebuild. Files
+are written atomically (temp file + rename) so an interrupted write never leaves a
+half-written artefact; a file that fails to load is treated as a miss and rebuilt.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+__all__ = [
+    "cache_dir",
+    "data_root",
+    "stable_hash",
+    "state_dict_hash",
+    "atomic_write_bytes",
+    "atomic_write_json",
+    "cached_tensors",
+    "cached_json",
+]
+
+log = logging.getLogger(__name__)
+
+
+def cache_dir(sub: str | None = None) -> Path:
+    """Cache folder: ``$PRUNING_ENV_CACHE`` or ``~/.cache/pruning_env`` (created on demand)."""
+    root = Path(os.environ.get("PRUNING_ENV_CACHE") or Path.home() / ".cache" / "pruning_env")
+    path = root / sub if sub else root
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def data_root(explicit: str | os.PathLike | None = None) -> Path:
+    """Data root: the argument, else ``$PRUNING_ENV_DATA``, else ``<cache>/data``."""
+    if explicit is not None:
+        return Path(explicit).expanduser()
+    env = os.environ.get("PRUNING_ENV_DATA")
+    if env:
+        return Path(env).expanduser()
+    return cache_dir("data")
+
+
+def stable_hash(obj: Any, length: int = 16) -> str:
+    """Hash of a JSON-serialisable object (keys sorted), hex, ``length`` characters."""
+    text = json.dumps(obj, sort_keys=True, default=str, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:length]
+
+
+def state_dict_hash(model_or_state: torch.nn.Module | dict, length: int = 16) -> str:
+    """Hash of a model's parameters and buffers (names, shapes and exact values)."""
+    state = model_or_state.state_dict() if isinstance(model_or_state, torch.nn.Module) else model_or_state
+    h = hashlib.sha256()
+    for name in sorted(state):
+        t = state[name]
+        if not torch.is_tensor(t):
+            continue
+        t = t.detach().cpu().contiguous()
+        h.update(name.encode())
+        h.update(str(tuple(t.shape)).encode())
+        h.update(str(t.dtype).encode())
+        h.update(t.view(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()[:length]
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_json(path: Path, obj: Any) -> None:
+    atomic_write_bytes(path, json.dumps(obj, indent=1, sort_keys=True).encode())
+
+
+def _atomic_torch_save(path: Path, obj: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
+    os.close(fd)
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def cached_tensors(path: Path, build: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    """Load a dict of tensors/plain values from ``path`` (``weights_only=True``) or build and store it.
+
+    A corrupt or unreadable file is logged, deleted and rebuilt.
+    """
+    if path.exists():
+        try:
+            return torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:  # corrupt, truncated or foreign file: rebuild
+            log.warning("cache file %s is unreadable (%s); rebuilding it", path, exc)
+            path.unlink(missing_ok=True)
+    value = build()
+    _atomic_torch_save(path, value)
+    return value
+
+
+def cached_json(path: Path, build: Callable[[], Any]) -> Any:
+    """Load JSON from ``path`` or build, store atomically and return it; corrupt files are rebuilt."""
+    if path.exists():
+        try:
+            return json.loads(path.read_text())
+        except Exception as exc:
+            log.warning("cache file %s is unreadable (%s); rebuilding it", path, exc)
+            path.unlink(missing_ok=True)
+    value = build()
+    atomic_write_json(path, value)
+    return value

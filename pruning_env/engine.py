@@ -1,0 +1,492 @@
+"""Pruning engine: prunable groups, pruning plans and surgery, all through Torch-Pruning.
+
+:class:`ModelGraph` traces a model once with Torch-Pruning's ``DependencyGraph`` and lists its
+prunable groups in forward order. A group is a set of coupled channels that must be removed
+together (the outputs of every conv feeding one residual add, a depthwise conv and the conv
+that expands into it, a squeeze-excitation gate and the branch it scales, ...). The classifier
+output is never pruned.
+
+A :class:`PruningPlan` records which channels of each group to keep. It is plain JSON, carries
+the signature of the graph it was made for, and :func:`apply_plan` re-applies it to a fresh copy
+of the base model: the same plan always yields the same pruned model.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+import torch
+import torch.nn as nn
+import torch_pruning as tp
+
+from .cache import atomic_write_json, stable_hash
+
+__all__ = [
+    "PruningGroup",
+    "LayerInfo",
+    "ModelGraph",
+    "PruningPlan",
+    "PlanMismatchError",
+    "apply_plan",
+    "count_macs_params",
+    "zero_removed_channels",
+]
+
+PLAN_FORMAT_VERSION = 1
+
+
+class PlanMismatchError(ValueError):
+    """A plan does not fit the model it is applied to."""
+
+
+@dataclass(frozen=True)
+class LayerInfo:
+    """A layer with parameters, as traced once at full width.
+
+    ``in_groups`` / ``out_groups`` are the indices of the groups whose pruning removes input /
+    output channels of this layer; ``kept = full - sum(removed of each group)``.
+    """
+
+    name: str
+    kind: str  # "conv", "depthwise", "linear", "bn", "other"
+    in_channels: int
+    out_channels: int
+    kernel_size: int
+    stride: int
+    groups: int
+    in_shape: tuple[int, ...]  # without the batch dimension
+    out_shape: tuple[int, ...]
+    macs: int  # per sample, at full width
+    in_groups: tuple[int, ...] = ()
+    out_groups: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True)
+class PruningGroup:
+    """One prunable group: coupled channels pruned together."""
+
+    index: int  # position in forward order
+    name: str  # name of the root module (Torch-Pruning's root of the group)
+    channels: int  # prunable channels at full width
+    layer_type: str  # type of the root: "conv", "depthwise" or "linear"
+    kernel_size: int
+    stride: int
+    in_channels: int
+    feature_size: int  # spatial size (H) of the root's output; 1 for linear layers
+    out_layers: tuple[str, ...]  # modules whose output channels this group removes
+    in_layers: tuple[str, ...]  # modules whose input channels this group removes
+    macs: int  # per-sample MACs of the layers this group touches, at full width
+
+
+def _leaf_kind(m: nn.Module) -> str:
+    if isinstance(m, nn.Conv2d) or isinstance(m, nn.Conv1d):
+        if m.groups > 1 and m.groups == m.in_channels and m.out_channels % m.in_channels == 0:
+            return "depthwise"
+        return "conv"
+    if isinstance(m, nn.Linear):
+        return "linear"
+    if isinstance(m, nn.modules.batchnorm._BatchNorm):
+        return "bn"
+    return "other"
+
+
+def _as_tuple(example_inputs: Any) -> tuple:
+    return tuple(example_inputs) if isinstance(example_inputs, (list, tuple)) else (example_inputs,)
+
+
+def _layer_macs(m: nn.Module, out_shape: Sequence[int]) -> int:
+    if isinstance(m, nn.Conv2d):
+        k = m.kernel_size[0] * m.kernel_size[1]
+        return int(math.prod(out_shape[1:]) * m.out_channels * k * m.in_channels // m.groups)
+    if isinstance(m, nn.Linear):
+        return int(m.in_features * m.out_features * math.prod(out_shape[:-1] or (1,)))
+    return 0
+
+
+class ModelGraph:
+    """Prunable groups of a model, in forward order, from Torch-Pruning's dependency graph.
+
+    Args:
+        model: the model to analyse; it is traced, not modified.
+        example_inputs: a batch the model accepts (e.g. ``torch.randn(1, 3, 32, 32)``).
+        ignored_layers: modules whose output channels must never be pruned, in addition to the
+            classifier (the last conv/linear layer to run), which is always ignored.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        example_inputs: Any,
+        ignored_layers: Sequence[nn.Module] | None = None,
+    ) -> None:
+        self.model = model
+        self.example_inputs = example_inputs
+        self._names = {m: n for n, m in model.named_modules()}
+        order, shapes = self._forward_order(model, example_inputs)
+        self._order = order
+        prunable = [m for m in order if isinstance(m, (nn.Conv2d, nn.Linear))]
+        if not prunable:
+            raise ValueError("the model has no Conv2d or Linear layer: nothing to prune")
+        self.classifier_name = self._names[prunable[-1]]
+        ignored = [prunable[-1], *(ignored_layers or [])]
+        with torch.enable_grad():
+            try:
+                self.dg = tp.DependencyGraph().build_dependency(
+                    model, example_inputs=example_inputs, ignored_layers=None, verbose=False
+                )
+            except Exception as exc:  # name the layer when tracing fails
+                raise ValueError(
+                    f"Torch-Pruning could not trace {type(model).__name__}: {exc}. Models must be "
+                    "traceable by autograd with the example input; custom layers with their own "
+                    "parameters need a Torch-Pruning customized pruner."
+                ) from exc
+        pos = {m: i for i, m in enumerate(order)}
+        raw = []
+        for g in self.dg.get_all_groups(ignored_layers=ignored, root_module_types=[nn.Conv2d, nn.Linear]):
+            root = g[0].dep.target.module
+            outs, ins = [], []
+            for dep, _idxs in g:
+                mod = dep.target.module
+                if not isinstance(mod, nn.Module) or mod not in self._names:
+                    continue
+                target = outs if self.dg.is_out_channel_pruning_fn(dep.handler) else ins
+                name = self._names[mod]
+                if name not in target:
+                    target.append(name)
+            channels = len(g[0].idxs)
+            # Root the group at its first conv/linear in forward order (the stem conv rather than
+            # the depthwise conv it feeds), when that layer carries exactly the group's channels.
+            candidates = sorted(
+                (pos[m], m) for m in (self._get(n) for n in outs)
+                if m in pos and isinstance(m, (nn.Conv2d, nn.Linear))
+            )
+            for _p, m in candidates:
+                width = m.out_channels if isinstance(m, nn.Conv2d) else m.out_features
+                if width == channels:
+                    root = m
+                    break
+            first = candidates[0][0] if candidates else pos.get(root, 0)
+            raw.append((first, root, channels, tuple(outs), tuple(ins)))
+        raw.sort(key=lambda r: r[0])
+
+        groups: list[PruningGroup] = []
+        for i, (_first, root, channels, outs, ins) in enumerate(raw):
+            out_shape = shapes.get(root, ())
+            kind = _leaf_kind(root)
+            if isinstance(root, nn.Conv2d):
+                k, s, cin = root.kernel_size[0], root.stride[0], root.in_channels
+                fsize = int(out_shape[-1]) if len(out_shape) >= 3 else 1
+            else:
+                k, s, cin, fsize = 1, 1, root.in_features, 1
+            macs = sum(
+                _layer_macs(self._get(n), shapes.get(self._get(n), ()))
+                for n in dict.fromkeys(outs + ins)
+                if isinstance(self._get(n), (nn.Conv2d, nn.Linear))
+            )
+            groups.append(
+                PruningGroup(
+                    index=i, name=self._names[root], channels=int(channels), layer_type=kind,
+                    kernel_size=int(k), stride=int(s), in_channels=int(cin), feature_size=fsize,
+                    out_layers=outs, in_layers=ins, macs=int(macs),
+                )
+            )
+        if not groups:
+            raise ValueError("the model has no prunable group (only the classifier has output channels)")
+        self.groups: list[PruningGroup] = groups
+        self._by_name = {g.name: g for g in groups}
+        self.layers: list[LayerInfo] = self._layer_table(order, shapes)
+        self.signature = stable_hash([(g.name, g.channels) for g in groups])
+
+    # -- tracing helpers ----------------------------------------------------------------------
+    def _get(self, name: str) -> nn.Module:
+        return self.model.get_submodule(name)
+
+    @staticmethod
+    def _forward_order(model: nn.Module, example_inputs: Any):
+        order: list[nn.Module] = []
+        shapes: dict[nn.Module, tuple[tuple[int, ...], tuple[int, ...]]] = {}
+
+        def hook(m, inp, out):
+            if m not in shapes and torch.is_tensor(out):
+                order.append(m)
+                x = inp[0] if inp and torch.is_tensor(inp[0]) else None
+                shapes[m] = (tuple(x.shape[1:]) if x is not None else (), tuple(out.shape[1:]))
+
+        handles = [m.register_forward_hook(hook) for m in model.modules() if not list(m.children())]
+        was_training = model.training
+        try:
+            model.eval()
+            with torch.no_grad():
+                model(*_as_tuple(example_inputs))
+        finally:
+            model.train(was_training)
+            for h in handles:
+                h.remove()
+        return order, {m: s[1] for m, s in shapes.items()} | {("in", m): s[0] for m, s in shapes.items()}
+
+    def _layer_table(self, order, shapes) -> list[LayerInfo]:
+        ins: dict[str, list[int]] = {}
+        outs: dict[str, list[int]] = {}
+        for g in self.groups:
+            for n in g.out_layers:
+                outs.setdefault(n, []).append(g.index)
+            for n in g.in_layers:
+                ins.setdefault(n, []).append(g.index)
+        table = []
+        for m in order:
+            kind = _leaf_kind(m)
+            if kind == "other" or m not in self._names:
+                continue
+            name = self._names[m]
+            if isinstance(m, nn.Conv2d):
+                cin, cout, k, s, grp = m.in_channels, m.out_channels, m.kernel_size[0], m.stride[0], m.groups
+            elif isinstance(m, nn.Linear):
+                cin, cout, k, s, grp = m.in_features, m.out_features, 1, 1, 1
+            else:
+                cin = cout = m.num_features
+                k = s = grp = 1
+            o = tuple(outs.get(name, ()))
+            i = tuple(ins.get(name, ()))
+            if kind in ("depthwise", "bn"):
+                i = o  # their input channels are their output channels
+            table.append(
+                LayerInfo(
+                    name=name, kind=kind, in_channels=cin, out_channels=cout, kernel_size=k, stride=s,
+                    groups=grp, in_shape=shapes.get(("in", m), ()), out_shape=shapes.get(m, ()),
+                    macs=_layer_macs(m, shapes.get(m, ())), in_groups=i, out_groups=o,
+                )
+            )
+        return table
+
+    # -- queries ------------------------------------------------------------------------------
+    def __len__(self) -> int:
+        return len(self.groups)
+
+    def group(self, key: int | str) -> PruningGroup:
+        return self.groups[key] if isinstance(key, int) else self._by_name[key]
+
+    def tp_group(self, key: int | str, idxs: Sequence[int] | None = None) -> tp.Group:
+        """The Torch-Pruning group (on ``self.model``) with ``idxs`` or all channels.
+
+        This is what ``torch_pruning.importance.Importance`` objects score.
+        """
+        g = self.group(key)
+        root = self._get(g.name)
+        pruner = self.dg.get_pruner_of_module(root)
+        idxs = list(range(g.channels)) if idxs is None else [int(i) for i in idxs]
+        return self.dg.get_pruning_group(root, pruner.prune_out_channels, idxs)
+
+    def scores(self, importance: Callable[[tp.Group], torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Per-channel importance of every group (higher = more important)."""
+        out = {}
+        for g in self.groups:
+            s = importance(self.tp_group(g.index))
+            if s is None or s.numel() != g.channels:
+                raise ValueError(
+                    f"importance {type(importance).__name__} returned "
+                    f"{None if s is None else s.numel()} scores for group {g.name} with {g.channels} channels"
+                )
+            out[g.name] = s.detach().float().cpu()
+        return out
+
+    # -- plans --------------------------------------------------------------------------------
+    @staticmethod
+    def n_keep(channels: int, ratio: float, round_to: int = 1, min_channels: int = 1) -> int:
+        """Channels kept when pruning ``ratio`` of ``channels`` (nearest, multiple of ``round_to``)."""
+        keep = channels * (1.0 - float(ratio))
+        if round_to > 1:
+            keep = round_to * math.ceil(keep / round_to - 1e-9)
+        keep = int(round(keep))
+        return int(min(channels, max(min_channels, keep)))
+
+    def plan_from_ratios(
+        self,
+        ratios: Sequence[float] | Mapping[str, float],
+        scores: Mapping[str, torch.Tensor] | None = None,
+        round_to: int = 1,
+        min_channels: int = 1,
+        seed: int | None = None,
+        meta: dict | None = None,
+    ) -> "PruningPlan":
+        """Keep the highest-scoring channels of each group; without scores, keep the first ones."""
+        if not isinstance(ratios, Mapping):
+            ratios = list(ratios)
+            if len(ratios) != len(self.groups):
+                raise ValueError(f"expected {len(self.groups)} ratios (one per group), got {len(ratios)}")
+            ratios = {g.name: r for g, r in zip(self.groups, ratios)}
+        keep = {}
+        for g in self.groups:
+            r = float(ratios.get(g.name, 0.0))
+            if not 0.0 <= r <= 1.0 or not math.isfinite(r):
+                raise ValueError(f"prune ratio for group {g.name} must be in [0, 1], got {r}")
+            k = self.n_keep(g.channels, r, round_to, min_channels)
+            if scores is not None:
+                idx = torch.topk(scores[g.name], k, largest=True, sorted=False).indices
+                keep[g.name] = sorted(int(i) for i in idx)
+            else:
+                keep[g.name] = list(range(k))
+        return PruningPlan(
+            keep=keep, channels={g.name: g.channels for g in self.groups},
+            graph_signature=self.signature, seed=seed, meta=dict(meta or {}),
+        )
+
+    def full_plan(self) -> "PruningPlan":
+        return self.plan_from_ratios([0.0] * len(self.groups))
+
+    def check_plan(self, plan: "PruningPlan") -> None:
+        """Raise :class:`PlanMismatchError` with the reason when ``plan`` does not fit this graph."""
+        if plan.graph_signature and plan.graph_signature != self.signature:
+            mine = {g.name: g.channels for g in self.groups}
+            diff = sorted(set(mine.items()) ^ set(plan.channels.items()))[:5]
+            raise PlanMismatchError(
+                f"this plan was made for another model (graph signature {plan.graph_signature}, this "
+                f"model's is {self.signature}); differing groups (name, channels): {diff}. Make the plan "
+                "with the same architecture and num_classes."
+            )
+        for g in self.groups:
+            if g.name not in plan.keep:
+                raise PlanMismatchError(f"plan has no entry for group {g.name!r}")
+            k = plan.keep[g.name]
+            if not k:
+                raise PlanMismatchError(f"plan keeps no channel of group {g.name!r}: keep at least one")
+            if min(k) < 0 or max(k) >= g.channels or len(set(k)) != len(k):
+                raise PlanMismatchError(
+                    f"plan for group {g.name!r} has invalid channel indices (must be distinct, 0..{g.channels - 1})"
+                )
+        extra = set(plan.keep) - set(self._by_name)
+        if extra:
+            raise PlanMismatchError(f"plan names groups this model does not have: {sorted(extra)[:5]}")
+
+    def kept_counts(self, plan: "PruningPlan") -> list[int]:
+        return [len(plan.keep[g.name]) for g in self.groups]
+
+
+@dataclass
+class PruningPlan:
+    """Channels to keep per group; JSON-serialisable and replayable on a fresh base model.
+
+    Attributes:
+        keep: group name -> sorted indices of the channels kept.
+        channels: group name -> channels at full width (for validation).
+        graph_signature: :attr:`ModelGraph.signature` of the model the plan is for.
+        seed: seed of the episode that produced the plan, if any.
+        meta: free-form provenance (scenario id, importance, agent, reward...).
+    """
+
+    keep: dict[str, list[int]]
+    channels: dict[str, int]
+    graph_signature: str = ""
+    seed: int | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def ratios(self) -> dict[str, float]:
+        """Fraction of channels pruned per group."""
+        return {n: 1.0 - len(k) / self.channels[n] for n, k in self.keep.items()}
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "format": "dataawareprune.plan", "version": PLAN_FORMAT_VERSION,
+            "graph_signature": self.graph_signature, "seed": self.seed, "meta": self.meta,
+            "channels": self.channels, "keep": {k: [int(i) for i in v] for k, v in self.keep.items()},
+        }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "PruningPlan":
+        if not isinstance(d, Mapping) or d.get("format") != "dataawareprune.plan":
+            raise ValueError("not a DataAwarePrune plan: expected a JSON object with format 'dataawareprune.plan'")
+        try:
+            keep = {str(k): sorted(int(i) for i in v) for k, v in d["keep"].items()}
+            channels = {str(k): int(v) for k, v in d["channels"].items()}
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise ValueError(f"malformed plan: {exc!r}; 'keep' and 'channels' must map group names to lists/ints") from exc
+        if set(keep) != set(channels):
+            raise ValueError("malformed plan: 'keep' and 'channels' name different groups")
+        return cls(keep=keep, channels=channels, graph_signature=str(d.get("graph_signature", "")),
+                   seed=d.get("seed"), meta=dict(d.get("meta") or {}))
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> "PruningPlan":
+        try:
+            d = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"plan is not valid JSON ({exc}); the file may be truncated or corrupt") from exc
+        return cls.from_dict(d)
+
+    def save(self, path: str | Path) -> Path:
+        path = Path(path)
+        atomic_write_json(path, self.to_dict())
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> "PruningPlan":
+        path = Path(path)
+        if not path.exists():
+            raise FileNotFoundError(f"plan file {path} does not exist")
+        return cls.from_json(path.read_text())
+
+
+def apply_plan(
+    model: nn.Module, plan: PruningPlan, example_inputs: Any = None, graph: ModelGraph | None = None,
+    inplace: bool = False,
+) -> nn.Module:
+    """Physically prune a copy of ``model`` (unless ``inplace``) according to ``plan``.
+
+    ``graph`` may be a :class:`ModelGraph` already built on the very module being pruned
+    (only with ``inplace=True``); otherwise one is traced with ``example_inputs``.
+    """
+    target = model if inplace else copy.deepcopy(model)
+    if graph is None or not inplace or graph.model is not target:
+        if example_inputs is None:
+            raise ValueError("apply_plan needs example_inputs (e.g. torch.randn(1, 3, 32, 32)) to trace the model")
+        graph = ModelGraph(target, example_inputs)
+    graph.check_plan(plan)
+    for g in graph.groups:
+        kept = set(plan.keep[g.name])
+        removed = [i for i in range(g.channels) if i not in kept]
+        if removed:
+            graph.tp_group(g.index, removed).prune(record_history=False)
+    return target
+
+
+def zero_removed_channels(graph: ModelGraph, plan: PruningPlan) -> nn.Module:
+    """Zero, in a copy of the unpruned model, the input weights of every consumer of removed channels.
+
+    The result computes exactly what the physically pruned model computes; it is the reference of
+    the engine's property test.
+    """
+    graph.check_plan(plan)
+    model = copy.deepcopy(graph.model)
+    shadow = ModelGraph(model, graph.example_inputs)
+    with torch.no_grad():
+        for g in shadow.groups:
+            kept = set(plan.keep[g.name])
+            removed = [i for i in range(g.channels) if i not in kept]
+            if not removed:
+                continue
+            for dep, idxs in shadow.tp_group(g.index, removed):
+                mod = dep.target.module
+                if shadow.dg.is_out_channel_pruning_fn(dep.handler) or not isinstance(mod, (nn.Conv2d, nn.Linear)):
+                    continue
+                if isinstance(mod, nn.Conv2d) and mod.groups > 1:
+                    continue  # a depthwise conv is pruned on its output side
+                mod.weight[:, list(idxs)] = 0.0
+    return model
+
+
+def count_macs_params(model: nn.Module, example_inputs: Any) -> tuple[int, int]:
+    """MACs per forward pass of ``example_inputs`` and parameter count (Torch-Pruning's counter)."""
+    was_training = model.training
+    model.eval()
+    try:
+        macs, params = tp.utils.count_ops_and_params(model, example_inputs)
+    finally:
+        model.train(was_training)
+    return int(macs), int(params)
