@@ -1,0 +1,788 @@
+"""Latency and MACs of pruning plans: an end-to-end measurer, a per-layer lookup table, a MACs proxy.
+
+Three ways to price a plan, from the most faithful to the cheapest:
+
+* :class:`LatencyMeasurer` times a built (pruned) model: median of repeated runs after warm-up runs,
+  with a fixed number of threads, in torch eager mode or in onnxruntime.
+* :class:`LatencyTable` predicts a plan's latency without building the pruned model. Every layer
+  (conv, depthwise conv, linear, BN, activation, pooling) is timed alone on a small grid of kept channel
+  counts, once per architecture, input shape and measurer setting, and cached on disk. A plan costs the
+  bilinearly interpolated sum of its layers, mapped to end-to-end milliseconds by an affine calibration
+  against the measured full model (exact) and, by default, two measured pruned models (least squares):
+  the calibration absorbs what the table does not see (residual adds, framework dispatch, fusion).
+* :class:`MacsModel` / :func:`macs_for_kept` count MACs analytically, the way Torch-Pruning's
+  ``count_ops_and_params`` counts them on the physically pruned model.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import io
+import logging
+import math
+import os
+import platform
+import time
+import warnings
+import weakref
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from .cache import cache_dir, cached_json, stable_hash
+from .engine import LayerInfo, ModelGraph, PlanMismatchError, PruningPlan, apply_plan
+
+__all__ = ["LatencyMeasurer", "LatencyTable", "MacsModel", "macs_for_kept", "DEFAULT_GRID"]
+
+log = logging.getLogger(__name__)
+
+TABLE_FORMAT = "dataawareprune.latency_table"
+TABLE_FORMAT_VERSION = 1
+DEFAULT_GRID = (0.25, 0.5, 0.75, 1.0)  # kept fractions per channel axis; 1 channel is always added
+CALIBRATION_KEEP = 0.5  # kept fraction of every group in the calibration models
+_SCALE_BOUNDS = (0.1, 10.0)  # a calibration slope outside this range is noise, not a property of the model
+_SCAN_BOUNDS = (0.25, 4.0)  # a scan ratio outside this range is a timing accident, not a kernel effect
+_LAYER_ROUNDS = 3  # interleaved rounds over the grid points of one layer (10 back-to-back runs keep caches warm)
+
+# Modules Torch-Pruning's op counter prices (by output / input elements); mirrored by MacsModel.
+_TP_ACTIVATIONS = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.PReLU)
+_ACTIVATIONS = _TP_ACTIVATIONS + (nn.SiLU, nn.Hardswish, nn.Hardsigmoid, nn.Sigmoid, nn.Tanh, nn.GELU, nn.Mish)
+_POOLS = (
+    nn.MaxPool1d, nn.MaxPool2d, nn.AvgPool1d, nn.AvgPool2d,
+    nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d,
+)
+
+
+# ---------------------------------------------------------------------------------------------
+# End-to-end measurement
+# ---------------------------------------------------------------------------------------------
+def _require_onnxruntime():
+    try:
+        import onnxruntime
+    except ImportError as exc:
+        raise ImportError(
+            "the onnxruntime latency backend needs onnxruntime and onnx: pip install dataawareprune[onnx]"
+        ) from exc
+    return onnxruntime
+
+
+@contextlib.contextmanager
+def _torch_threads(n: int) -> Iterator[None]:
+    prev = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(prev)
+
+
+def _hardware(device: torch.device) -> str:
+    if device.type == "cuda" and torch.cuda.is_available():
+        return torch.cuda.get_device_name(device)
+    name = platform.processor() or platform.machine()
+    with contextlib.suppress(OSError):
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    name = line.split(":", 1)[1].strip()
+                    break
+    return f"{name} ({os.cpu_count()} logical cores)"
+
+
+def _module_device(model: nn.Module) -> torch.device | None:
+    for t in model.parameters():
+        return t.device
+    for t in model.buffers():
+        return t.device
+    return None
+
+
+def _onnx_bytes(model: nn.Module, x: torch.Tensor, opset: int = 17) -> bytes:
+    buf = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation and tracer warnings
+        kwargs = dict(opset_version=opset, input_names=["input"], output_names=["output"])
+        try:
+            torch.onnx.export(model, (x,), buf, dynamo=False, **kwargs)
+        except TypeError:  # torch without the ``dynamo`` argument
+            buf = io.BytesIO()
+            torch.onnx.export(model, (x,), buf, **kwargs)
+    return buf.getvalue()
+
+
+def _stats(times_ms: Sequence[float]) -> dict[str, float]:
+    t = np.asarray(times_ms, dtype=np.float64)
+    return {
+        "median_ms": float(np.median(t)), "p10": float(np.percentile(t, 10)), "p90": float(np.percentile(t, 90)),
+        "mean": float(t.mean()), "min": float(t.min()), "runs": int(t.size),
+    }
+
+
+class LatencyMeasurer:
+    """Wall-clock latency of a model: median of ``repeats`` timed runs after ``warmup`` runs.
+
+    Runs are timed one forward pass each under ``torch.inference_mode()`` with the model in eval mode
+    (its mode is restored afterwards), with ``torch.set_num_threads(threads)`` for the duration of the
+    measurement (restored afterwards), and with CUDA synchronised around every run on a GPU.
+
+    Args:
+        device: where the model runs (a model elsewhere is copied there, never moved).
+        batch_size: images per forward pass.
+        threads: intra-op threads (torch, or onnxruntime's ``intra_op_num_threads``); ``None`` fixes the
+            current ``torch.get_num_threads()`` at construction.
+        warmup: untimed runs first (allocator, caches, lazy kernel selection).
+        repeats: timed runs; the median is the point estimate.
+        backend: ``"torch"`` (eager) or ``"onnxruntime"`` (the model is exported to ONNX in memory).
+        input_shape: one image, without the batch dimension.
+    """
+
+    def __init__(
+        self,
+        device: str | torch.device = "cpu",
+        batch_size: int = 1,
+        threads: int | None = None,
+        warmup: int = 5,
+        repeats: int = 30,
+        backend: str = "torch",
+        input_shape: Sequence[int] = (3, 32, 32),
+    ) -> None:
+        if backend not in ("torch", "onnxruntime"):
+            raise ValueError(f"backend must be 'torch' or 'onnxruntime', got {backend!r}")
+        if batch_size < 1 or repeats < 1 or warmup < 0:
+            raise ValueError(f"need batch_size >= 1, repeats >= 1, warmup >= 0; got {batch_size}, {repeats}, {warmup}")
+        if threads is not None and threads < 1:
+            raise ValueError(f"threads must be >= 1 or None, got {threads}")
+        self.device = torch.device(device)
+        if self.device.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError("device 'cuda' requested but CUDA is not available")
+        self.backend = backend
+        self._ort = _require_onnxruntime() if backend == "onnxruntime" else None
+        self.batch_size = int(batch_size)
+        self.threads = int(threads) if threads is not None else torch.get_num_threads()
+        self.warmup = int(warmup)
+        self.repeats = int(repeats)
+        self.input_shape = tuple(int(s) for s in input_shape)
+
+    def __repr__(self) -> str:
+        return (f"LatencyMeasurer(backend={self.backend!r}, device={str(self.device)!r}, "
+                f"batch_size={self.batch_size}, threads={self.threads}, warmup={self.warmup}, "
+                f"repeats={self.repeats}, input_shape={self.input_shape})")
+
+    def describe(self) -> dict[str, Any]:
+        """Settings to record with every number this measurer produces (also part of table cache keys)."""
+        return {
+            "backend": self.backend, "device": str(self.device), "hardware": _hardware(self.device),
+            "batch_size": self.batch_size, "threads": self.threads, "warmup": self.warmup, "repeats": self.repeats,
+            "input_shape": list(self.input_shape), "torch": torch.__version__,
+            "onnxruntime": self._ort.__version__ if self._ort is not None else None,
+        }
+
+    def example_input(self, shape: Sequence[int] | None = None) -> torch.Tensor:
+        """A fixed random batch ``batch_size x shape`` (default ``input_shape``) on the measurer's device."""
+        g = torch.Generator().manual_seed(0)
+        x = torch.randn(self.batch_size, *(self.input_shape if shape is None else shape), generator=g)
+        return x.to(self.device)
+
+    def measure(self, model: nn.Module, inputs: torch.Tensor | None = None) -> float:
+        """Median latency in ms of one forward pass of ``inputs`` (default :meth:`example_input`)."""
+        return self.measure_stats(model, inputs)["median_ms"]
+
+    def measure_stats(self, model: nn.Module, inputs: torch.Tensor | None = None) -> dict[str, float]:
+        """``median_ms``, ``p10``, ``p90``, ``mean``, ``min`` (ms) and ``runs`` (number of timed runs)."""
+        return self.measure_many([model], inputs, rounds=1)[0]
+
+    def measure_many(
+        self,
+        models: Sequence[nn.Module],
+        inputs: torch.Tensor | Sequence[torch.Tensor] | None = None,
+        rounds: int | None = None,
+    ) -> list[dict[str, float]]:
+        """Statistics of several models timed in interleaved rounds (one input, or one per model).
+
+        Every model gets ``warmup`` runs, then each of ``rounds`` rounds (default ``repeats``: one run per
+        model per round) times every model ``ceil(repeats / rounds)`` times in turn, so a change of machine
+        load during the measurement affects all models alike: use it to compare models on a shared machine.
+        """
+        rounds = self.repeats if rounds is None else rounds
+        if rounds < 1:
+            raise ValueError(f"rounds must be >= 1, got {rounds}")
+        if inputs is None or torch.is_tensor(inputs):
+            xs = [self.example_input() if inputs is None else inputs.to(self.device)] * len(models)
+        else:
+            xs = [x.to(self.device) for x in inputs]
+            if len(xs) != len(models):
+                raise ValueError(f"got {len(xs)} inputs for {len(models)} models")
+        per_round = max(1, math.ceil(self.repeats / rounds))
+        times: list[list[float]] = [[] for _ in models]
+        with contextlib.ExitStack() as stack:
+            if self.backend == "torch":
+                stack.enter_context(_torch_threads(self.threads))
+                stack.enter_context(torch.inference_mode())
+            fns = [stack.enter_context(self._runner(m, x)) for m, x in zip(models, xs)]
+            for fn in fns:
+                for _ in range(self.warmup):
+                    fn()
+            for _ in range(rounds):
+                for fn, t in zip(fns, times):
+                    t.extend(self._timed_runs(fn, per_round))
+        return [_stats(t) for t in times]
+
+    @contextlib.contextmanager
+    def _runner(self, model: nn.Module, x: torch.Tensor) -> Iterator[Callable[[], Any]]:
+        """A no-argument callable running ``model`` on ``x`` with this measurer's backend."""
+        was_training = model.training
+        run_model = model
+        if _module_device(model) not in (None, self.device):
+            run_model = copy.deepcopy(model).to(self.device)
+        run_model.eval()
+        try:
+            if self.backend == "onnxruntime":
+                yield self._onnxruntime_runner(run_model, x)
+            else:
+                yield lambda: run_model(x)
+        finally:
+            model.train(was_training)
+
+    def _timed_runs(self, fn: Callable[[], Any], n: int) -> list[float]:
+        cuda = self.device.type == "cuda"
+        if cuda:
+            torch.cuda.synchronize(self.device)
+        times = []
+        for _ in range(n):
+            t0 = time.perf_counter()
+            fn()
+            if cuda:
+                torch.cuda.synchronize(self.device)
+            times.append((time.perf_counter() - t0) * 1e3)
+        return times
+
+    def _onnxruntime_runner(self, model: nn.Module, x: torch.Tensor) -> Callable[[], Any]:
+        ort = self._ort
+        with torch.no_grad():
+            data = _onnx_bytes(model, x)
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = self.threads
+        opts.inter_op_num_threads = 1
+        opts.log_severity_level = 3
+        providers = ["CPUExecutionProvider"]
+        if self.device.type == "cuda":
+            if "CUDAExecutionProvider" not in ort.get_available_providers():
+                raise RuntimeError("onnxruntime has no CUDAExecutionProvider: install onnxruntime-gpu or use cpu")
+            providers.insert(0, "CUDAExecutionProvider")
+        session = ort.InferenceSession(data, opts, providers=providers)
+        feed = {session.get_inputs()[0].name: x.detach().cpu().numpy()}
+        return lambda: session.run(None, feed)
+
+
+# ---------------------------------------------------------------------------------------------
+# Cost units: the layers a plan's cost is the sum of
+# ---------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class _Unit:
+    """A priced layer; ``kind`` in conv, depthwise, linear, bn, act, pool. Single-axis kinds use ``out_*``."""
+
+    name: str
+    kind: str
+    module: nn.Module
+    in_channels: int
+    out_channels: int
+    in_shape: tuple[int, ...]
+    out_shape: tuple[int, ...]
+    in_groups: tuple[int, ...]
+    out_groups: tuple[int, ...]
+
+    @property
+    def two_axes(self) -> bool:
+        return self.kind in ("conv", "linear")
+
+
+def _trace_calls(model: nn.Module, example_inputs: Any) -> list[tuple[str, nn.Module, tuple, tuple]]:
+    """Every leaf-module call of one forward pass, in order: (name, module, in shape, out shape)."""
+    names = {m: n for n, m in model.named_modules()}
+    calls = []
+
+    def hook(m, inp, out):
+        if inp and torch.is_tensor(inp[0]) and torch.is_tensor(out):
+            calls.append((names[m], m, tuple(inp[0].shape[1:]), tuple(out.shape[1:])))
+
+    handles = [m.register_forward_hook(hook) for m in model.modules() if not list(m.children())]
+    was_training = model.training
+    args = tuple(example_inputs) if isinstance(example_inputs, (list, tuple)) else (example_inputs,)
+    try:
+        model.eval()
+        with torch.no_grad():
+            model(*args)
+    finally:
+        model.train(was_training)
+        for h in handles:
+            h.remove()
+    return calls
+
+
+_UNITS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _cost_units(graph: ModelGraph) -> list[_Unit]:
+    """``graph.layers`` plus the activations and pools between them, in forward order.
+
+    An activation or pool takes the channel groups of the last layer with parameters before it when its
+    channel count matches (conv -> BN -> ReLU; the ReLU after a residual add follows the BN of the branch).
+    """
+    if graph in _UNITS:
+        return _UNITS[graph]
+    info: dict[str, LayerInfo] = {li.name: li for li in graph.layers}
+    units: list[_Unit] = []
+    seen: set[str] = set()
+    owner: tuple[int, tuple[int, ...]] | None = None  # (channels, out_groups) of the last layer
+    for name, m, ish, osh in _trace_calls(graph.model, graph.example_inputs):
+        if name in info:
+            if name in seen:
+                continue  # a module called twice: LayerInfo describes its first call
+            seen.add(name)
+            li = info[name]
+            units.append(_Unit(name, li.kind, m, li.in_channels, li.out_channels, tuple(li.in_shape),
+                               tuple(li.out_shape), tuple(li.in_groups), tuple(li.out_groups)))
+            owner = (li.out_channels, tuple(li.out_groups))
+        elif isinstance(m, _ACTIVATIONS + _POOLS) and ish:
+            c = int(ish[0])
+            groups = owner[1] if owner is not None and owner[0] == c else ()
+            kind = "pool" if isinstance(m, _POOLS) else "act"
+            units.append(_Unit(name, kind, m, c, c, ish, osh, groups, groups))
+    _UNITS[graph] = units
+    return units
+
+
+def _kept_vector(channels: np.ndarray, kept: Sequence[int] | np.ndarray) -> np.ndarray:
+    k = np.asarray(kept, dtype=np.float64)
+    if k.shape != channels.shape:
+        raise ValueError(f"expected {channels.size} kept counts (one per group), got shape {k.shape}")
+    if np.any(k < 1) or np.any(k > channels):
+        bad = int(np.argmax((k < 1) | (k > channels)))
+        raise ValueError(f"kept[{bad}] = {k[bad]:g} is outside [1, {int(channels[bad])}] (group {bad})")
+    return k
+
+
+def _incidence(units: Sequence[_Unit], n_groups: int, side: str) -> np.ndarray:
+    a = np.zeros((len(units), n_groups))
+    for i, u in enumerate(units):
+        if side == "out" or u.two_axes:
+            for g in (u.out_groups if side == "out" else u.in_groups):
+                a[i, g] += 1.0
+    return a
+
+
+# ---------------------------------------------------------------------------------------------
+# MACs proxy
+# ---------------------------------------------------------------------------------------------
+class MacsModel:
+    """MACs of a plan per sample, analytically, as Torch-Pruning's op counter counts the pruned model.
+
+    Conv: ``H'W' * k * k * kept_out * kept_in / groups`` (+ bias); linear: ``kept_in * kept_out`` (+ bias);
+    BN: 2 per element; ReLU-family activations: 1 per output element; pooling: 1 per input element.
+    """
+
+    def __init__(self, graph: ModelGraph) -> None:
+        units = _cost_units(graph)
+        self.channels = np.array([g.channels for g in graph.groups], dtype=np.float64)
+        self._a_in = _incidence(units, len(self.channels), "in")
+        self._a_out = _incidence(units, len(self.channels), "out")
+        self._in_full = np.array([u.in_channels for u in units], dtype=np.float64)
+        self._out_full = np.array([u.out_channels for u in units], dtype=np.float64)
+        c_io, c_o = np.zeros(len(units)), np.zeros(len(units))
+        for i, u in enumerate(units):
+            m = u.module
+            if u.kind in ("conv", "depthwise"):
+                spatial, kk = math.prod(u.out_shape[1:]), math.prod(m.kernel_size)
+                bias = spatial if m.bias is not None else 0
+                if u.kind == "depthwise":  # groups follow the kept channels: one input channel per group
+                    c_o[i] = spatial * kk * (m.in_channels // m.groups) + bias
+                else:
+                    c_io[i], c_o[i] = spatial * kk / m.groups, bias
+            elif u.kind == "linear":
+                c_io[i], c_o[i] = math.prod(u.out_shape[:-1]), (1 if m.bias is not None else 0)
+            elif u.kind == "bn":
+                c_o[i] = (2 if getattr(m, "affine", True) else 1) * math.prod(u.in_shape[1:])
+            elif u.kind == "act" and isinstance(m, _TP_ACTIVATIONS):
+                c_o[i] = math.prod(u.out_shape[1:])
+            elif u.kind == "pool":
+                c_o[i] = math.prod(u.in_shape[1:])
+        self._c_io, self._c_o = c_io, c_o
+        self.base_macs = self.predict(self.channels)
+
+    def predict(self, kept: Sequence[int] | np.ndarray) -> int:
+        """MACs per sample when group ``i`` keeps ``kept[i]`` channels."""
+        removed = self.channels - _kept_vector(self.channels, kept)
+        k_in = self._in_full - self._a_in @ removed
+        k_out = self._out_full - self._a_out @ removed
+        return int(round(float(self._c_io @ (k_in * k_out) + self._c_o @ k_out)))
+
+
+_MACS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def macs_for_kept(graph: ModelGraph, kept: Sequence[int] | np.ndarray) -> int:
+    """MACs per sample of ``graph``'s model with ``kept[i]`` channels kept in group ``i`` (no surgery)."""
+    if graph not in _MACS:
+        _MACS[graph] = MacsModel(graph)
+    return _MACS[graph].predict(kept)
+
+
+# ---------------------------------------------------------------------------------------------
+# Latency lookup table
+# ---------------------------------------------------------------------------------------------
+def _spec(u: _Unit) -> dict[str, Any]:
+    """What determines a unit's latency, apart from its kept channels (the dedup key of measurements)."""
+    m = u.module
+    spec: dict[str, Any] = {"kind": u.kind, "type": type(m).__name__, "in": u.in_channels, "out": u.out_channels,
+                            "in_shape": list(u.in_shape), "vary_in": bool(u.two_axes and u.in_groups),
+                            "vary_out": bool(u.out_groups)}
+    if u.kind in ("conv", "depthwise"):
+        spec.update(kernel=list(m.kernel_size), stride=list(m.stride), padding=m.padding, dilation=list(m.dilation),
+                    groups=m.groups, bias=m.bias is not None, padding_mode=m.padding_mode)
+    elif u.kind == "linear":
+        spec.update(bias=m.bias is not None)
+    elif u.kind == "bn":
+        spec.update(affine=m.affine, eps=m.eps)
+    else:
+        spec.update(module=repr(m))
+    return spec
+
+
+def _axis_points(full: int, vary: bool, grid: Sequence[float], step: int = 1) -> list[int]:
+    """Grid of kept channels on one axis: ``step`` (the minimum), multiples of ``step`` near the ``grid``
+    fractions of ``full``, and ``full``."""
+    if not vary:
+        return [full]
+    base = full // step
+    return sorted({step * max(1, min(base, round(f * base))) for f in grid} | {step, full})
+
+
+def _timeable(u: _Unit) -> bool:
+    return not (u.kind == "act" and any(True for _ in u.module.parameters()))  # e.g. per-channel PReLU
+
+
+def _layer_instance(u: _Unit, k_in: int, k_out: int, batch: int) -> tuple[nn.Module, tuple[int, ...]]:
+    """A fresh layer like ``u`` with ``k_in`` / ``k_out`` channels and the shape of its input batch."""
+    m = u.module
+    if u.kind in ("conv", "depthwise"):
+        if u.kind == "depthwise":
+            k_in = k_out // (m.out_channels // m.in_channels)
+            groups = k_in
+        else:
+            groups = m.groups if k_in % m.groups == 0 and k_out % m.groups == 0 else 1
+        layer = type(m)(k_in, k_out, m.kernel_size, stride=m.stride, padding=m.padding, dilation=m.dilation,
+                        groups=groups, bias=m.bias is not None, padding_mode=m.padding_mode)
+        return layer, (batch, k_in, *u.in_shape[1:])
+    if u.kind == "linear":
+        return nn.Linear(k_in, k_out, bias=m.bias is not None), (batch, *u.in_shape[:-1], k_in)
+    if u.kind == "bn":
+        return type(m)(k_out, eps=m.eps, affine=m.affine), (batch, k_out, *u.in_shape[1:])
+    return copy.deepcopy(m), (batch, k_out, *u.in_shape[1:])
+
+
+def _time_points(u: _Unit, points: Sequence[tuple[int, int]], measurer: LatencyMeasurer) -> list[float]:
+    """Median ms of fresh layers like ``u`` at each ``(k_in, k_out)``, measured in interleaved rounds so that
+    a burst of machine load does not bend one part of the grid."""
+    layers, inputs = [], []
+    for j, (k_in, k_out) in enumerate(points):
+        layer, shape = _layer_instance(u, k_in, k_out, measurer.batch_size)
+        layers.append(layer.to(measurer.device).eval())
+        inputs.append(torch.randn(*shape, generator=torch.Generator().manual_seed(j)))
+    return [s["median_ms"] for s in measurer.measure_many(layers, inputs, rounds=_LAYER_ROUNDS)]
+
+
+def _calibration_anchors(channels: np.ndarray) -> list[list[int]]:
+    """Kept counts of the calibration models: every group at :data:`CALIBRATION_KEEP`, and one channel more.
+
+    Kernels work on blocks of 8 or 16 channels, so the half-width model (8/16/32 channels in a CIFAR
+    ResNet) is unusually fast for its size and one channel more (9/17/33) unusually slow (1.8x at
+    batch 64 in torch, measured); fitting both keeps the calibration honest for arbitrary counts.
+    """
+    half = [ModelGraph.n_keep(int(c), 1.0 - CALIBRATION_KEEP) for c in channels]
+    return [half, [min(int(c), k + 1) for k, c in zip(half, channels)]]
+
+
+def _plan_with_counts(graph: ModelGraph, kept: Sequence[int]) -> PruningPlan:
+    plan = graph.full_plan()
+    plan.keep = {g.name: list(range(k)) for g, k in zip(graph.groups, kept)}
+    return plan
+
+
+def _segments(xs: np.ndarray, x: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per row: index ``i`` of the grid segment ``xs[i] <= x <= xs[i+1]`` and the position ``t`` in it."""
+    idx = (xs[:, 1:-1] < x[:, None]).sum(axis=1)
+    x0, x1 = xs[rows, idx], xs[rows, idx + 1]
+    width = x1 - x0
+    t = np.where(width > 0, (x - x0) / np.where(width > 0, width, 1.0), 0.0)
+    return idx, np.clip(t, 0.0, 1.0)
+
+
+class LatencyTable:
+    """Per-layer latency lookup table: a plan's latency in ms without building the pruned model.
+
+    Build it with :meth:`build`. Each distinct layer configuration is timed alone on a grid of kept
+    (input, output) channel counts (``1`` and ``grid`` fractions of the full width; one axis for depthwise
+    convs, BN, activations and pools), made monotone (more channels never cost less), and interpolated
+    bilinearly. ``predict(kept) = offset_ms + scale * table_ms(kept)``: ``scale`` and ``offset_ms`` map the
+    table's sum onto measured end-to-end latency, exactly at the full model (``predict(full) == base_ms``)
+    and, with calibration, as close as possible (least squares) at two more measured models: every group at
+    :data:`CALIBRATION_KEEP` of its channels, and one channel more (see :func:`_calibration_anchors`).
+    Without calibration ``scale = 1`` and ``offset_ms`` is the constant overhead the table does not see.
+    With scans (see :meth:`build`), every configuration is also timed at every channel count along each
+    axis (the other at full width); the ratio of that scan to its own interpolation multiplies the grid's
+    prediction, so kernel effects between grid points (a 33-channel conv slower than a 40-channel one,
+    because kernels work on blocks of 8 or 16 channels) are priced. Predictions are then no longer monotone.
+
+    Attributes: ``base_ms`` (measured full model), ``scale``, ``offset_ms``, ``channels`` (per group),
+    ``group_names``, ``settings`` (the measurer's :meth:`~LatencyMeasurer.describe`), ``unit_names`` and
+    ``unit_ms`` (table latency of every priced layer at full width), ``build_seconds``, ``from_cache``.
+    """
+
+    def __init__(self, data: Mapping[str, Any]) -> None:
+        if not isinstance(data, Mapping) or data.get("format") != TABLE_FORMAT:
+            raise ValueError(f"not a latency table: expected a mapping with format {TABLE_FORMAT!r}")
+        if data.get("version") != TABLE_FORMAT_VERSION:
+            raise ValueError(f"latency table version {data.get('version')} != {TABLE_FORMAT_VERSION}; rebuild it")
+        self._data = dict(data)
+        self.graph_signature: str = str(data["graph_signature"])
+        self.group_names: list[str] = [str(g["name"]) for g in data["groups"]]
+        self.channels = np.array([int(g["channels"]) for g in data["groups"]], dtype=np.float64)
+        self.settings: dict[str, Any] = dict(data["settings"])
+        self.base_ms = float(data["base_ms"])
+        self.scale = float(data["scale"])
+        self.offset_ms = float(data["offset_ms"])
+        self.build_seconds = float(data.get("build_seconds", 0.0))
+        self.from_cache = False
+        configs, units = data["configs"], data["units"]
+        n = max(max(len(c["in_points"]), len(c["out_points"])) for c in configs)
+        xs_in, xs_out, vals = [], [], []
+        for c in configs:  # pad every grid to n x n by repeating its last point (zero-width segments)
+            pi, po = list(c["in_points"]), list(c["out_points"])
+            v = np.asarray(c["ms"], dtype=np.float64).reshape(len(pi), len(po))
+            v = np.pad(v, ((0, n - len(pi)), (0, n - len(po))), mode="edge")
+            xs_in.append(pi + [pi[-1]] * (n - len(pi)))
+            xs_out.append(po + [po[-1]] * (n - len(po)))
+            vals.append(v)
+        cfg = np.array([int(u["config"]) for u in units], dtype=np.int64)
+        # scan ratios of all configurations in one flat array; entry 0 is the 1.0 of axes without a scan
+        flat, offsets = [1.0], {}
+        for ci, c in enumerate(configs):
+            for axis in ("in", "out"):
+                ratios = c.get(f"scan_{axis}") or []
+                if ratios:
+                    offsets[ci, axis] = len(flat)
+                    flat.extend(float(r) for r in ratios)
+        self.scanned = len(flat) > 1
+        self._scan = np.asarray(flat)
+        for axis in ("in", "out"):
+            first = np.array([float(c[f"{axis}_points"][0]) for c in configs])
+            off = np.array([offsets.get((ci, axis), 0) for ci in range(len(configs))], dtype=np.int64)
+            setattr(self, f"_scan_{axis}", (off[cfg], (off > 0)[cfg].astype(np.int64), first[cfg]))
+        g = len(self.channels)
+        self._xs_in = np.asarray(xs_in, dtype=np.float64)[cfg]
+        self._xs_out = np.asarray(xs_out, dtype=np.float64)[cfg]
+        self._vals = np.asarray(vals)[cfg]
+        self._rows = np.arange(len(units))
+        self._in_full = np.array([float(u["in"]) for u in units])
+        self._out_full = np.array([float(u["out"]) for u in units])
+        self._a_in, self._a_out = np.zeros((len(units), g)), np.zeros((len(units), g))
+        for i, u in enumerate(units):
+            for j in u["in_groups"]:
+                self._a_in[i, j] += 1.0
+            for j in u["out_groups"]:
+                self._a_out[i, j] += 1.0
+        self.unit_names = [str(u["name"]) for u in units]
+        self.unit_ms = self._unit_ms(self.channels)  # per unit, at full width
+        self._share: list[float] | None = None
+
+    # -- prediction -------------------------------------------------------------------------------
+    def _unit_ms(self, kept: np.ndarray) -> np.ndarray:
+        removed = self.channels - kept
+        x_in, x_out = self._in_full - self._a_in @ removed, self._out_full - self._a_out @ removed
+        i, ti = _segments(self._xs_in, x_in, self._rows)
+        o, to = _segments(self._xs_out, x_out, self._rows)
+        v, r = self._vals, self._rows
+        ms = ((1 - ti) * (1 - to) * v[r, i, o] + ti * (1 - to) * v[r, i + 1, o]
+              + (1 - ti) * to * v[r, i, o + 1] + ti * to * v[r, i + 1, o + 1])
+        if self.scanned:  # scan entry j of an axis holds (j + 1) * step channels
+            for x, (off, on, step) in ((x_in, self._scan_in), (x_out, self._scan_out)):
+                ms = ms * self._scan[off + on * (np.rint(x / step).astype(np.int64) - 1)]
+        return ms
+
+    def table_ms(self, kept: Sequence[int] | np.ndarray) -> float:
+        """Sum of the interpolated per-layer latencies (ms), before calibration."""
+        return float(self._unit_ms(_kept_vector(self.channels, kept)).sum())
+
+    def predict(self, kept: Sequence[int] | np.ndarray) -> float:
+        """Predicted end-to-end latency (ms) when group ``i`` keeps ``kept[i]`` channels."""
+        return self.offset_ms + self.scale * self.table_ms(kept)
+
+    def predict_plan(self, plan: PruningPlan) -> float:
+        """Predicted latency (ms) of ``plan``; only the number of channels kept per group matters."""
+        if plan.graph_signature and plan.graph_signature != self.graph_signature:
+            raise PlanMismatchError(f"plan is for graph {plan.graph_signature}, this table for {self.graph_signature}")
+        missing = [n for n in self.group_names if n not in plan.keep]
+        if missing:
+            raise PlanMismatchError(f"plan has no entry for groups {missing[:5]}")
+        return self.predict([len(plan.keep[n]) for n in self.group_names])
+
+    def group_share(self) -> list[float]:
+        """Per group: full-width latency of the layers it prunes (inputs or outputs) / ``base_ms``.
+
+        A conv belongs to the group of its inputs and to the group of its outputs, so shares sum to
+        more than 1; each is at most 1.
+        """
+        if self._share is None:
+            touch = (self._a_in + self._a_out) > 0
+            ms = self.scale * (touch * self.unit_ms[:, None]).sum(axis=0)
+            self._share = [float(min(1.0, s / self.base_ms)) if self.base_ms > 0 else 0.0 for s in ms]
+        return list(self._share)
+
+    # -- serialisation ----------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return copy.deepcopy(self._data)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> LatencyTable:
+        try:
+            return cls(data)
+        except (KeyError, TypeError, IndexError) as exc:
+            raise ValueError(f"malformed latency table: {exc!r}") from exc
+
+    def __repr__(self) -> str:
+        s = self.settings
+        return (f"LatencyTable(groups={len(self.channels)}, layers={len(self.unit_names)}, base_ms={self.base_ms:.3f}, "
+                f"scale={self.scale:.3f}, offset_ms={self.offset_ms:.3f}, backend={s.get('backend')}, "
+                f"batch_size={s.get('batch_size')}, threads={s.get('threads')})")
+
+    # -- building ---------------------------------------------------------------------------------
+    @classmethod
+    def build(
+        cls,
+        graph: ModelGraph,
+        measurer: LatencyMeasurer,
+        cache: bool = True,
+        grid: Sequence[float] = DEFAULT_GRID,
+        calibrate: bool = True,
+        scan: bool | None = None,
+    ) -> LatencyTable:
+        """Measure (or load from the disk cache) the table of ``graph``'s model under ``measurer``.
+
+        The cache key covers the layer configurations and their group wiring, the input shape, the
+        measurer's settings (backend, device, hardware, batch, threads, versions), ``grid``, ``calibrate`` and
+        ``scan``; weights do not matter. A corrupt or malformed cache file is rebuilt.
+
+        ``scan``: also time every channel count along each axis of each configuration (about 4x the
+        measurements), for backends whose latency is a jagged function of the channel count because their
+        kernels work on blocks of 8 or 16 channels. Default: on for onnxruntime (a 63-channel conv there is
+        ~30% slower than a 64-channel one), off for torch, where predictions then stay monotone (at batch 1
+        its latency is smooth in the channel count; at batch 64 it is jagged too, but the scans' short
+        timings were too noisy on a shared machine to help).
+        """
+        scan = (measurer.backend != "torch") if scan is None else bool(scan)
+        ex = graph.example_inputs
+        if torch.is_tensor(ex) and tuple(ex.shape[1:]) != measurer.input_shape:
+            raise ValueError(f"the graph was traced with input {tuple(ex.shape[1:])} but the measurer's "
+                             f"input_shape is {measurer.input_shape}")
+        units = [u for u in _cost_units(graph) if _timeable(u)]
+        specs = [_spec(u) for u in units]
+        key = stable_hash({
+            "version": TABLE_FORMAT_VERSION, "signature": graph.signature, "settings": measurer.describe(),
+            "grid": [float(f) for f in grid], "calibrate": bool(calibrate), "scan": scan,
+            "units": [(s, u.in_groups, u.out_groups) for s, u in zip(specs, units)],
+        })
+        make = lambda: cls._measure(graph, measurer, units, specs, grid, calibrate, scan)  # noqa: E731
+        if not cache:
+            return cls(make())
+        path = cache_dir("latency") / f"table_{key}.json"
+        built = []
+
+        def build_fresh():
+            built.append(True)
+            return make()
+
+        for _attempt in range(2):
+            data = cached_json(path, build_fresh)
+            try:
+                table = cls.from_dict(data)
+            except ValueError as exc:  # valid JSON, wrong content: rebuild once
+                log.warning("latency table %s is malformed (%s); rebuilding it", path, exc)
+                path.unlink(missing_ok=True)
+                continue
+            table.from_cache = not built
+            return table
+        raise RuntimeError(f"could not build a valid latency table at {path}")
+
+    @classmethod
+    def _measure(cls, graph, measurer, units, specs, grid, calibrate, scan) -> dict[str, Any]:
+        t_start = time.perf_counter()
+        configs: list[dict[str, Any]] = []
+        index: dict[str, int] = {}
+        rows = []
+        for u, spec in zip(units, specs):
+            key = stable_hash(spec)
+            if key not in index:
+                step = u.out_channels // u.in_channels if u.kind == "depthwise" else 1
+                index[key] = len(configs)
+                configs.append({
+                    "spec": spec, "unit": u,
+                    "in_points": _axis_points(u.in_channels, spec["vary_in"], grid),
+                    "out_points": _axis_points(u.out_channels, spec["vary_out"], grid, step),
+                })
+            rows.append({"name": u.name, "kind": u.kind, "config": index[key],
+                         "in": u.in_channels, "out": u.out_channels,
+                         "in_groups": list(u.in_groups) if spec["vary_in"] else [],
+                         "out_groups": list(u.out_groups)})
+        n_points = 0
+        for c in configs:
+            u = c.pop("unit")
+            pi, po = c["in_points"], c["out_points"]
+            points = [(k_in, k_out) for k_in in pi for k_out in po]
+            ms = np.array(_time_points(u, points, measurer)).reshape(len(pi), len(po))
+            n_points += len(points)
+            # More channels never cost less on the grid: a dip is timing noise the agent must not
+            # exploit; the running maximum keeps the grid monotone in every group.
+            c["ms"] = np.maximum.accumulate(np.maximum.accumulate(ms, axis=0), axis=1).tolist()
+            for axis, pts in (("in", pi), ("out", po)):
+                if not scan or len(pts) < 2:
+                    continue
+                ks = list(range(pts[0], pts[-1] + 1, pts[0]))  # every count: the grid's points are among them
+                scan_points = [(k, po[-1]) if axis == "in" else (pi[-1], k) for k in ks]
+                t = np.array(_time_points(u, scan_points, measurer))
+                smooth = np.interp(ks, pts, t[[ks.index(p) for p in pts]])  # 1.0 at the grid's points
+                c[f"scan_{axis}"] = np.clip(t / smooth, *_SCAN_BOUNDS).tolist()
+                n_points += len(ks)
+        data: dict[str, Any] = {
+            "format": TABLE_FORMAT, "version": TABLE_FORMAT_VERSION, "graph_signature": graph.signature,
+            "groups": [{"name": g.name, "channels": g.channels} for g in graph.groups],
+            "settings": measurer.describe(), "grid": [float(f) for f in grid], "scan": scan,
+            "configs": configs, "units": rows, "scale": 1.0, "offset_ms": 0.0, "base_ms": 0.0,
+        }
+        probe = cls(data)  # to evaluate the uncalibrated table sum
+        full = probe.channels
+        s_full = probe.table_ms(full)
+        scale, calibration = 1.0, None
+        if not calibrate:
+            base = measurer.measure_many([graph.model])[0]["median_ms"]
+        else:
+            anchors = _calibration_anchors(full)
+            models = [apply_plan(graph.model, _plan_with_counts(graph, kept), example_inputs=graph.example_inputs)
+                      for kept in anchors]
+            base, *measured = (s["median_ms"] for s in measurer.measure_many([graph.model, *models]))
+            d_table = np.array([probe.table_ms(kept) for kept in anchors]) - s_full
+            d_measured = np.array(measured) - base
+            if float(d_table @ d_table) > 1e-12:  # least squares through the (exact) full-model point
+                scale = float(np.clip((d_table @ d_measured) / (d_table @ d_table), *_SCALE_BOUNDS))
+            calibration = [{"kept": kept, "measured_ms": m, "table_ms": s_full + d, "predicted_ms": base + scale * d}
+                           for kept, m, d in zip(anchors, measured, d_table.tolist())]
+        data.update(base_ms=base, scale=scale, offset_ms=base - scale * s_full, table_full_ms=s_full,
+                    calibration=calibration, measured_points=n_points,
+                    build_seconds=time.perf_counter() - t_start)
+        log.info("latency table: %d layers, %d configs, %d points, %.1f s", len(rows), len(configs), n_points,
+                 data["build_seconds"])
+        return data

@@ -1,0 +1,263 @@
+"""Training, fine-tuning, evaluation and BN recalibration loops.
+
+Plain PyTorch loops, kept small and fast: the environment calls :func:`evaluate` and
+:func:`recalibrate_bn` at the end of every episode and, optionally, :func:`finetune` for a few
+recovery steps. Data can be a :class:`~pruning_env.data.TensorImageDataset` (its fast
+``iter_batches`` path, with its own seeded augmentation), any ``torch.utils.data.Dataset``, a pair
+of tensors ``(x, y)``, or any iterable of ``(x, y)`` batches.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, TensorDataset
+from tqdm.auto import tqdm
+
+__all__ = ["default_device", "evaluate", "recalibrate_bn", "train", "finetune"]
+
+def default_device() -> torch.device:
+    """``cuda`` when a GPU is available, else ``cpu``."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _model_device(model: nn.Module) -> torch.device:
+    for t in model.parameters():
+        return t.device
+    return torch.device("cpu")
+
+
+def _as_source(data: Any) -> Any:
+    """A pair of equally long tensors ``(x, y)`` is a dataset, not two batches."""
+    if (isinstance(data, tuple) and len(data) == 2 and all(torch.is_tensor(t) for t in data)
+            and data[0].dim() > 1 and len(data[0]) == len(data[1])):
+        return TensorDataset(*data)
+    return data
+
+
+def _batches(
+    data: Any, batch_size: int, shuffle: bool = False, augment: bool = False,
+    generator: torch.Generator | None = None, drop_last: bool = False, device: torch.device | None = None,
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    data = _as_source(data)
+    if hasattr(data, "iter_batches"):
+        params = inspect.signature(data.iter_batches).parameters
+        kwargs: dict[str, Any] = {"shuffle": shuffle}
+        if "augment" in params:
+            kwargs["augment"] = augment
+        if "generator" in params:
+            kwargs["generator"] = generator
+        if "drop_last" in params:
+            kwargs["drop_last"] = drop_last
+        if "device" in params and device is not None:  # augment on the device, not on the CPU
+            kwargs["device"] = device
+        yield from data.iter_batches(batch_size, **kwargs)
+    elif isinstance(data, Dataset):
+        yield from DataLoader(data, batch_size=batch_size, shuffle=shuffle, generator=generator, drop_last=drop_last)
+    else:
+        yield from data
+
+
+def _num_batches(data: Any, batch_size: int, drop_last: bool) -> int | None:
+    data = _as_source(data)
+    try:
+        n = len(data)
+    except TypeError:  # an iterable dataset or a generator
+        return None
+    if hasattr(data, "iter_batches") or isinstance(data, Dataset):
+        return n // batch_size if drop_last else math.ceil(n / batch_size)
+    return n
+
+
+def evaluate(
+    model: nn.Module,
+    data: Any,
+    batch_size: int = 256,
+    device: torch.device | str | None = None,
+    max_samples: int | None = None,
+) -> float:
+    """Top-1 accuracy in [0, 1] of ``model`` on ``data`` (eval mode, ``torch.inference_mode()``).
+
+    ``device`` defaults to the device of the model's parameters (the model is moved there if given);
+    the model's train/eval mode is restored afterwards. ``max_samples`` evaluates only the first ones.
+    """
+    device = _model_device(model) if device is None else torch.device(device)
+    model.to(device)
+    was_training = model.training
+    model.eval()
+    correct = seen = 0
+    try:
+        with torch.inference_mode():
+            for x, y in _batches(data, batch_size, device=device):
+                if max_samples is not None:
+                    x, y = x[: max_samples - seen], y[: max_samples - seen]
+                x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+                correct += int((model(x).argmax(dim=1) == y).sum())
+                seen += len(y)
+                if max_samples is not None and seen >= max_samples:
+                    break
+    finally:
+        model.train(was_training)
+    if seen == 0:
+        raise ValueError("evaluate got no samples: the data is empty (or max_samples is 0)")
+    return correct / seen
+
+
+def recalibrate_bn(
+    model: nn.Module,
+    batches: Any,
+    num_batches: int = 50,
+    device: torch.device | str | None = None,
+) -> nn.Module:
+    """Re-estimate every BatchNorm's running mean and variance on ``batches`` (the standard fix after pruning).
+
+    Running statistics are reset and re-accumulated as a cumulative average (``momentum=None``) over up
+    to ``num_batches`` batches, with BN layers in train mode and everything else in eval mode (dropout off),
+    without gradients. Weights are not touched; the model is left in eval mode and returned.
+    """
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    model.eval()
+    if not bns:
+        return model
+    device = _model_device(model) if device is None else torch.device(device)
+    model.to(device)
+    momenta = [m.momentum for m in bns]
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None
+        m.train()
+    used = 0
+    try:
+        with torch.no_grad():
+            for i, batch in enumerate(_batches(batches, 256, device=device)):
+                if i >= num_batches:
+                    break
+                x = batch[0] if isinstance(batch, (tuple, list)) else batch
+                model(x.to(device, non_blocking=True))
+                used += 1
+    finally:
+        for m, mom in zip(bns, momenta):
+            m.momentum = mom
+        model.eval()
+    if used == 0:
+        raise ValueError("recalibrate_bn got no batches; the running statistics were reset and are now empty")
+    return model
+
+
+def _optimizer(name: str, params, lr: float, momentum: float, weight_decay: float) -> torch.optim.Optimizer:
+    name = name.lower()
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay, nesterov=momentum > 0)
+    if name == "adam":
+        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
+    if name == "adamw":
+        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    raise ValueError(f"optimizer must be 'sgd', 'adam' or 'adamw', got {name!r}")
+
+
+def train(
+    model: nn.Module,
+    train_data: Any,
+    epochs: int = 30,
+    lr: float = 0.1,
+    batch_size: int = 128,
+    optimizer: str = "sgd",
+    momentum: float = 0.9,
+    weight_decay: float = 5e-4,
+    schedule: str = "cosine",
+    augment: bool = True,
+    device: torch.device | str | None = None,
+    progress: bool = True,
+    max_steps: int | None = None,
+    label_smoothing: float = 0.0,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Train ``model`` in place with cross-entropy; returns ``{"history": ...}``.
+
+    Deterministic given ``seed`` on the CPU (shuffling, augmentation and dropout draw from seeded
+    generators; the global RNG state is restored afterwards; some GPU kernels are nondeterministic).
+    The learning rate follows ``schedule`` (``"cosine"`` to zero over all steps, or ``"constant"``) per
+    step. ``max_steps`` stops early (short recovery fine-tunes). ``augment`` applies the dataset's own
+    augmentation (``TensorImageDataset``: random crop and flip);
+    other data sources are used as they come. The model is moved to ``device`` (default
+    :func:`default_device`) and left there, in eval mode.
+
+    Returns:
+        ``{"history": {"loss": [per step], "lr": [per step], "epoch_loss": [...], "epoch_accuracy": [...]},
+        "steps": int, "seconds": float}``
+    """
+    if schedule not in ("cosine", "constant"):
+        raise ValueError(f"schedule must be 'cosine' or 'constant', got {schedule!r}")
+    device = default_device() if device is None else torch.device(device)
+    model.to(device)
+    if not isinstance(train_data, (Dataset, tuple)) and not hasattr(train_data, "iter_batches") \
+            and not hasattr(train_data, "__len__"):
+        train_data = list(train_data)  # a one-shot iterator must serve every epoch
+    drop_last = True  # a last, tiny batch gives noisy BN statistics; unless it is the only one
+    per_epoch = _num_batches(train_data, batch_size, drop_last=True)
+    if per_epoch == 0:
+        drop_last, per_epoch = False, _num_batches(train_data, batch_size, drop_last=False)
+    if per_epoch is None and max_steps is None:
+        raise ValueError("train_data has no length: pass max_steps")
+    total = epochs * per_epoch if per_epoch is not None else max_steps
+    total = min(total, max_steps) if max_steps is not None else total
+    if not total or total <= 0:
+        raise ValueError("nothing to train on: no batches (check the data, batch_size, epochs and max_steps)")
+    opt = _optimizer(optimizer, model.parameters(), lr, momentum, weight_decay)
+    cosine = lambda s: 0.5 * (1.0 + math.cos(math.pi * min(s, total) / total))  # noqa: E731
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, cosine if schedule == "cosine" else (lambda s: 1.0))
+    history: dict[str, list[float]] = {"loss": [], "lr": [], "epoch_loss": [], "epoch_accuracy": []}
+    generator = torch.Generator().manual_seed(seed)
+    step, start = 0, time.perf_counter()
+    cuda_devices = [torch.cuda.current_device() if device.index is None else device.index] \
+        if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=cuda_devices), tqdm(total=total, disable=not progress, desc="train") as bar:
+        torch.manual_seed(seed)
+        model.train()
+        while step < total:
+            loss_sum = correct = seen = 0.0
+            for x, y in _batches(train_data, batch_size, shuffle=True, augment=augment, generator=generator,
+                                 drop_last=drop_last, device=device):
+                x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+                out = model(x)
+                loss = F.cross_entropy(out, y, label_smoothing=label_smoothing)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                history["lr"].append(opt.param_groups[0]["lr"])
+                sched.step()
+                value = float(loss.detach())
+                history["loss"].append(value)
+                loss_sum += value * len(y)
+                correct += float((out.detach().argmax(1) == y).sum())
+                seen += len(y)
+                step += 1
+                bar.update(1)
+                if step % 20 == 0:
+                    bar.set_postfix(loss=f"{value:.3f}")
+                if step >= total:
+                    break
+            if not seen:
+                raise ValueError("train_data yielded no batch")
+            history["epoch_loss"].append(loss_sum / seen)
+            history["epoch_accuracy"].append(correct / seen)
+    model.eval()
+    return {"history": history, "steps": step, "seconds": time.perf_counter() - start}
+
+
+def finetune(
+    model: nn.Module,
+    train_data: Any,
+    epochs: int = 1,
+    lr: float = 0.01,
+    **kwargs: Any,
+) -> dict[str, Any]:
+    """:func:`train` with fine-tuning defaults (one epoch, ``lr=0.01``); e.g. ``finetune(m, data, max_steps=50)``."""
+    return train(model, train_data, epochs=epochs, lr=lr, **kwargs)
