@@ -1,0 +1,207 @@
+"""Channel criteria compared under uniform pruning: ``python -m benchmarks.criteria``.
+
+For each model (CIFAR ResNets with the published CIFAR-10 weights, optionally adapted by a short
+cached fine-tune to the JPEG-degraded offline copy), each criterion and each ratio, every group
+loses the same fraction of its channels (the lowest-scoring ones); the pruned model is measured
+on the validation split (never the test split) after BN recalibration, and again after a short
+fine-tune. ``random`` is averaged over ``--random-seeds`` seeds (mean and std).
+
+Example (ResNet-20, reduced settings, a few minutes on 2 cores)::
+
+    python -m benchmarks.criteria --models resnet20 --finetune-steps 100 --val-samples 2000
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import math
+import platform
+import random
+import statistics
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from pruning_env.cache import cache_dir, cached_tensors, stable_hash, state_dict_hash
+from pruning_env.data import load_dataset
+from pruning_env.engine import ModelGraph, apply_plan
+from pruning_env.importance import available_importances, make_importance
+from pruning_env.models import build_model
+from pruning_env.train import evaluate, recalibrate_bn, train
+
+ROOT = Path(__file__).resolve().parents[1]
+log = logging.getLogger("benchmarks.criteria")
+
+
+@dataclass(frozen=True)
+class Args:
+    """Options of the criteria benchmark."""
+
+    models: tuple[str, ...] = ("resnet20", "resnet56")
+    """CIFAR ResNets with weights ``<data-root>/pretrained/cifar10_<model>.pth``."""
+    ratios: tuple[float, ...] = (0.3, 0.5, 0.7)
+    """fractions of the channels of every group that are removed."""
+    criteria: tuple[str, ...] = ("attention", "l1", "bn", "taylor", "activation", "random")
+    """criteria to compare (names of ``make_importance``)."""
+    random_seeds: int = 3
+    """seeds of the ``random`` criterion."""
+    data_root: str = str(ROOT.parent / "shared" / "data")
+    """folder holding ``cifar10/`` and ``pretrained/``."""
+    adapt_steps: int = 600
+    """steps of the cached adaptation fine-tune of the base model to this data (0 = no adaptation)."""
+    adapt_lr: float = 0.01
+    """initial learning rate of the adaptation (cosine to 0)."""
+    finetune_steps: int = 200
+    """steps of the fine-tune after pruning (0 = none)."""
+    finetune_lr: float = 0.01
+    """initial learning rate of that fine-tune (cosine to 0)."""
+    batch_size: int = 128
+    """batch size of adaptation and fine-tuning."""
+    recal_batches: int = 20
+    """training batches (of ``batch_size``) for BN recalibration after pruning."""
+    val_samples: int = 2000
+    """validation samples for every accuracy (class-balanced prefix of the val split)."""
+    attention_steps: int = 300
+    """training steps of the group attention."""
+    attention_batch: int = 64
+    """batch size of the group attention training."""
+    threads: int = 1
+    """torch threads (1 is fastest on a shared 2-core machine)."""
+    seed: int = 0
+    """seed of the fine-tunes and of the attention."""
+    out: str | None = None
+    """optional JSON file for the results."""
+
+
+def _parse(argv: list[str] | None = None) -> Args:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    for f in dataclasses.fields(Args):
+        flag = "--" + f.name.replace("_", "-")
+        if f.type.startswith("tuple"):
+            elem = float if "float" in f.type else str
+            p.add_argument(flag, nargs="+", type=elem, default=f.default)
+        else:
+            typ = {"int": int, "float": float}.get(f.type.split(" ")[0], str)
+            p.add_argument(flag, type=typ, default=f.default)
+    ns = p.parse_args(argv)
+    return Args(**{k: tuple(v) if isinstance(v, list) else v for k, v in vars(ns).items()})
+
+
+def _finetune(model: nn.Module, data, steps: int, lr: float, batch_size: int, seed: int) -> nn.Module:
+    """SGD (momentum 0.9, nesterov, wd 5e-4), cosine to 0 over ``steps``, crops and flips."""
+    if steps > 0:
+        train(model, data, epochs=math.ceil(steps * batch_size / len(data)) + 1, lr=lr, batch_size=batch_size,
+              max_steps=steps, seed=seed, progress=False, device="cpu")
+    return model.eval()
+
+
+# -- the benchmark -----------------------------------------------------------------------------
+def adapted_base(name: str, data, a: Args) -> nn.Module:
+    """Published weights, fine-tuned ``adapt_steps`` on the train split (cached by weights+data+settings)."""
+    model = build_model(name, num_classes=data.num_classes)
+    ckpt = Path(a.data_root) / "pretrained" / f"cifar10_{name}.pth"
+    model.load_state_dict(torch.load(ckpt, map_location="cpu", weights_only=True), strict=True)
+    if a.adapt_steps <= 0:
+        return model.eval()
+    key = stable_hash({"w": state_dict_hash(model), "data": data.fingerprint, "steps": a.adapt_steps,
+                       "lr": a.adapt_lr, "bs": a.batch_size, "seed": a.seed})
+    path = cache_dir("adapted") / f"{name}_{key}.pt"
+    t0 = time.perf_counter()
+    state = cached_tensors(path, lambda: _finetune(model, data.train, a.adapt_steps, a.adapt_lr,
+                                                        a.batch_size, a.seed).state_dict())
+    model.load_state_dict(state)
+    log.info("%s: adapted base ready in %.0f s (%s)", name, time.perf_counter() - t0, path)
+    return model.eval()
+
+
+def run_model(name: str, data, a: Args) -> list[dict]:
+    ex = torch.randn(1, *data.input_shape)
+    base = adapted_base(name, data, a)
+    graph = ModelGraph(base, ex)
+    base_acc = evaluate(base, data.val, max_samples=a.val_samples)
+    print(f"\n{name}: {len(graph)} groups, base val accuracy {base_acc:.4f} on {a.val_samples} val samples", flush=True)
+    rows = []
+    for crit in a.criteria:
+        seeds = range(a.random_seeds) if crit == "random" else [a.seed]
+        for seed in seeds:
+            t0 = time.perf_counter()
+            kw = {"steps": a.attention_steps, "batch_size": a.attention_batch} if crit == "attention" else {}
+            imp = make_importance(crit, model=base, graph=graph, data=data, seed=seed, **kw)
+            scores = graph.scores(imp)
+            score_s = time.perf_counter() - t0
+            for r in a.ratios:
+                plan = graph.plan_from_ratios([r] * len(graph), scores)
+                pruned = apply_plan(base, plan, ex)
+                recalibrate_bn(pruned, data.train.iter_batches(a.batch_size), num_batches=a.recal_batches)
+                acc0 = evaluate(pruned, data.val, max_samples=a.val_samples)
+                acc1 = float("nan")
+                if a.finetune_steps > 0:
+                    _finetune(pruned, data.train, a.finetune_steps, a.finetune_lr, a.batch_size, a.seed)
+                    acc1 = evaluate(pruned, data.val, max_samples=a.val_samples)
+                rows.append({"model": name, "criterion": crit, "seed": seed, "ratio": r, "acc_recal": acc0,
+                             "acc_finetuned": acc1, "base_acc": base_acc, "score_seconds": round(score_s, 1)})
+                print(f"  {crit:<10} seed {seed} ratio {r:.1f}: recal {acc0:.4f}  finetuned {acc1:.4f}"
+                      f"  (scoring {score_s:.0f} s)", flush=True)
+            del imp
+    return rows
+
+
+def table(rows: list[dict], a: Args) -> str:
+    """One block per model: ratio x criterion, ``recal / finetuned`` accuracy in %, random as mean±std."""
+    lines = []
+    for name in dict.fromkeys(r["model"] for r in rows):
+        mrows = [r for r in rows if r["model"] == name]
+        crits = list(dict.fromkeys(r["criterion"] for r in mrows))
+        lines.append(f"\n{name} on CIFAR-10 (JPEG copy), base {100 * mrows[0]['base_acc']:.2f}%, val accuracy %"
+                     f" after BN recalibration / after {a.finetune_steps}-step fine-tune")
+        lines.append("| ratio | " + " | ".join(crits) + " |")
+        lines.append("|---|" + "---|" * len(crits))
+        for ratio in a.ratios:
+            cells = []
+            for c in crits:
+                rs = [r for r in mrows if r["criterion"] == c and r["ratio"] == ratio]
+                parts = []
+                for key in ("acc_recal", "acc_finetuned"):
+                    v = [100 * r[key] for r in rs]
+                    if any(math.isnan(x) for x in v):
+                        parts.append("-")
+                    elif len(v) > 1:
+                        parts.append(f"{statistics.mean(v):.2f}±{statistics.stdev(v):.2f}")
+                    else:
+                        parts.append(f"{v[0]:.2f}")
+                cells.append(" / ".join(parts))
+            lines.append(f"| {ratio:.1f} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    a = _parse(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    unknown = set(a.criteria) - set(available_importances())
+    if unknown:
+        raise SystemExit(f"unknown criteria {sorted(unknown)}; valid: {available_importances()}")
+    torch.set_num_threads(a.threads)
+    random.seed(a.seed)
+    np.random.seed(a.seed)
+    torch.manual_seed(a.seed)
+    data = load_dataset("cifar10", data_root=a.data_root, download=False)
+    print(f"data: {data.source}; train {len(data.train)}, val {len(data.val)}; torch {torch.__version__}, "
+          f"{a.threads} thread(s), {platform.processor() or platform.machine()}", flush=True)
+    rows = []
+    for name in a.models:
+        rows += run_model(name, data, a)
+    print(table(rows, a))
+    if a.out:
+        Path(a.out).write_text(json.dumps({"args": dataclasses.asdict(a), "rows": rows}, indent=1))
+    return rows
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,40 @@
+"""Channel importance criteria: group attention (the project's method) and classic baselines.
+
+Every criterion is a ``torch_pruning.importance.Importance``: ``imp(group) -> 1-D tensor`` with one
+score per channel of a Torch-Pruning group, higher = more important, so it plugs into
+:meth:`pruning_env.engine.ModelGraph.scores` and into Torch-Pruning's own pruners.
+:func:`make_importance` builds one by name (``attention``, ``l1``, ``bn``, ``taylor``, ``random``,
+``activation``); data-driven criteria calibrate on the training split.
+"""
+
+from pruning_env.importance.attention import (
+    GateStats,
+    GroupAttention,
+    GroupAttentionImportance,
+    calibration_batches,
+    dataset_key,
+    train_group_attention,
+)
+from pruning_env.importance.classic import (
+    IMPORTANCES,
+    CalibratedTaylorImportance,
+    MeanActivationImportance,
+    SeededRandomImportance,
+    available_importances,
+    make_importance,
+)
+
+__all__ = [
+    "GateStats",
+    "GroupAttention",
+    "GroupAttentionImportance",
+    "train_group_attention",
+    "CalibratedTaylorImportance",
+    "MeanActivationImportance",
+    "SeededRandomImportance",
+    "IMPORTANCES",
+    "make_importance",
+    "available_importances",
+    "calibration_batches",
+    "dataset_key",
+]
