@@ -1,0 +1,100 @@
+"""Benchmark profiles: which scenarios, agents, seeds and budgets a benchmark runs.
+
+A profile is a list of scenarios (environment keyword arguments) crossed with agents and
+seeds. ``quick`` runs offline on the embedded default; ``cifar10`` needs CIFAR-10 under
+``$PRUNING_ENV_DATA`` (or a torchvision download); ``paper`` is the paper's CIFAR-100 setting;
+``transfer`` asks whether a policy learned on one dataset carries over to another.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = ["BenchScenario", "Profile", "PROFILES", "get_profile", "REFERENCE_ROWS"]
+
+AGENTS = ["ppo", "ddpg", "sac", "amc", "random", "uniform", "heuristic"]
+
+
+@dataclass(frozen=True)
+class BenchScenario:
+    """A named environment configuration."""
+
+    name: str
+    env_kwargs: dict[str, Any]
+    env_id: str = "DataAwarePrune-v0"
+    transfer_from: str | None = None  # for the transfer profile: name of the source scenario
+
+
+@dataclass(frozen=True)
+class Profile:
+    name: str
+    scenarios: list[BenchScenario]
+    agents: list[str] = field(default_factory=lambda: list(AGENTS))
+    seeds: int = 3
+    episodes: int = 60
+    finetune_epochs: int = 0  # 0: the best plan is measured (test accuracy, latency) without fine-tuning
+    description: str = ""
+
+
+def _data_root() -> str | None:
+    return os.environ.get("PRUNING_ENV_DATA")
+
+
+def _cifar(model: str, **kw: Any) -> BenchScenario:
+    root = _data_root()
+    args: dict[str, Any] = {"model": model, "dataset": "cifar10", "val_samples": 1000, **kw}
+    if root:
+        args["data_root"] = root
+    return BenchScenario(f"cifar10-{model}", args)
+
+
+PROFILES: dict[str, Profile] = {
+    "quick": Profile(
+        "quick", [BenchScenario("digits-small_resnet", {})], seeds=3, episodes=60,
+        description="embedded default (sklearn digits + small ResNet), offline, minutes on 2 cores",
+    ),
+    "cifar10": Profile(
+        "cifar10", [_cifar("resnet20"), _cifar("resnet56")], seeds=3, episodes=100, finetune_epochs=2,
+        description="ResNet-20/56 on CIFAR-10 ($PRUNING_ENV_DATA or torchvision download); base weights from "
+                    "<data_root>/pretrained/cifar10_<model>.pth or python -m pruning_env.pretrain",
+    ),
+    "paper": Profile(
+        "paper",
+        [BenchScenario(f"cifar100-{m}", {"model": m, "dataset": "cifar100", "val_samples": 2000,
+                                          **({"data_root": _data_root()} if _data_root() else {})})
+         for m in ("vgg19", "resnet56", "efficientnet_b0")],
+        seeds=3, episodes=300, finetune_epochs=30,
+        description="the paper's setting (VGG-19, ResNet-56, EfficientNet-B0 on CIFAR-100); a GPU makes it practical",
+    ),
+    "transfer": Profile(
+        "transfer",
+        [BenchScenario("digits-small_resnet", {}),
+         BenchScenario("cifar10-small_resnet", {"dataset": "cifar10", "val_samples": 1000,
+                                                **({"data_root": _data_root()} if _data_root() else {})}),
+         BenchScenario("digits->cifar10-small_resnet", {"dataset": "cifar10", "val_samples": 1000,
+                                                         **({"data_root": _data_root()} if _data_root() else {})},
+                       transfer_from="digits-small_resnet")],
+        agents=["ppo", "amc"], seeds=3, episodes=60,
+        description="policy learned on digits applied (deterministically) to CIFAR-10, against one learned there",
+    ),
+}
+
+# Published numbers, quoted (not measured here); shown in leaderboards, clearly marked.
+REFERENCE_ROWS = [
+    {"scenario": "cifar10-resnet56", "agent": "AMC (He et al., 2018), quoted", "speedup": "2x fewer FLOPs",
+     "accuracy_change": "-0.90 pts"},
+    {"scenario": "cifar100-vgg19", "agent": "Yang et al., 2022, quoted", "speedup": "3.63x",
+     "accuracy_change": "-2.05 pts"},
+    {"scenario": "cifar100-resnet56", "agent": "Yang et al., 2022, quoted", "speedup": "3.35x",
+     "accuracy_change": "-1.93 pts"},
+    {"scenario": "cifar100-efficientnet_b0", "agent": "Yang et al., 2022, quoted", "speedup": "1.14x",
+     "accuracy_change": "-5.66 pts"},
+]
+
+
+def get_profile(name: str) -> Profile:
+    if name not in PROFILES:
+        raise ValueError(f"unknown benchmark profile {name!r}; valid: {', '.join(PROFILES)}")
+    return PROFILES[name]

@@ -1,0 +1,231 @@
+"""Benchmark RL agents across scenarios and seeds: ``make bench`` / ``python -m benchmarks.run``.
+
+    python -m benchmarks.run --profile quick                  # default: offline, minutes
+    python -m benchmarks.run --profile cifar10 --seeds 3 --episodes 100 --workers 2
+    python -m benchmarks.run --profile quick --backend ray    # runs as Ray tasks (pip install ray)
+
+One folder per benchmark (``results/<profile>`` unless ``--out``): ``runs/`` holds each search's
+run folder (as written by ``python -m agents.train``), ``done/`` one JSON file per finished run,
+``results.csv`` one row per run, ``leaderboard.md`` and ``plots/*.png``. A rerun skips finished
+runs and resumes an interrupted search from its last checkpoint, so a killed benchmark loses at
+most the run in flight.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+import traceback
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from tqdm import tqdm
+
+from .profiles import BenchScenario, Profile, get_profile
+
+__all__ = ["RunSpec", "plan_runs", "run_one", "run_benchmark", "main"]
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One search: a scenario, an agent and a seed."""
+
+    scenario: BenchScenario
+    agent: str
+    seed: int
+    episodes: int
+    finetune_epochs: int
+    out: str
+    threads: int
+
+    @property
+    def name(self) -> str:
+        return f"{self.scenario.name}__{self.agent}__{self.seed}".replace(">", "")
+
+    @property
+    def done_file(self) -> Path:
+        return Path(self.out) / "done" / f"{self.name}.json"
+
+
+def plan_runs(profile: Profile, out: Path, seeds: int, episodes: int, threads: int) -> list[RunSpec]:
+    return [RunSpec(sc, agent, seed, episodes, profile.finetune_epochs, str(out), threads)
+            for sc in profile.scenarios for agent in profile.agents for seed in range(seeds)]
+
+
+def _transfer(spec: RunSpec, row: dict[str, Any]) -> dict[str, Any]:
+    """Apply the source scenario's learned policy, deterministically, to this scenario's environment."""
+    import gymnasium as gym
+    import numpy as np
+
+    from agents import load_agent
+
+    src = Path(spec.out) / "runs" / f"{spec.scenario.transfer_from}__{spec.agent}__{spec.seed}".replace(">", "")
+    state = json.loads((src / "state.json").read_text())
+    env = gym.make(spec.scenario.env_id, **spec.scenario.env_kwargs)
+    agent = load_agent(spec.agent, src / state["agent_file"], env=env)
+    obs, _ = env.reset(seed=spec.seed)
+    done, reward, info = False, 0.0, {}
+    while not done:
+        action = np.asarray(agent.predict(obs, deterministic=True), dtype=np.float32).reshape(1)
+        obs, reward, term, trunc, info = env.step(action)
+        done = term or trunc
+    run = Path(spec.out) / "runs" / spec.name
+    run.mkdir(parents=True, exist_ok=True)
+    info["plan"].save(run / "best_plan.json")
+    row.update(best_reward=float(reward), val_accuracy=float(info["accuracy"]), base_val_accuracy=info["base_accuracy"],
+               speedup_table=float(info["speedup"]), macs_ratio=float(info["macs_ratio"]), episodes=0)
+    return row
+
+
+def run_one(spec: RunSpec) -> dict[str, Any]:
+    """Run (or resume) one search, then measure its best plan; writes ``done/<name>.json``."""
+    import torch
+
+    torch.set_num_threads(spec.threads)
+    from agents.finetune import FinetuneOptions, finetune_run
+    from agents.train import TrainOptions, run_search
+
+    t0 = time.perf_counter()
+    row: dict[str, Any] = {"scenario": spec.scenario.name, "agent": spec.agent, "seed": spec.seed,
+                           "episodes": spec.episodes}
+    run_dir = Path(spec.out) / "runs" / spec.name
+    if spec.scenario.transfer_from:
+        row = _transfer(spec, row)
+    else:
+        opts = TrainOptions(algo=spec.agent, env=spec.scenario.env_id, episodes=spec.episodes, seed=spec.seed,
+                            env_kwargs=spec.scenario.env_kwargs, run_dir=str(Path(spec.out) / "runs"),
+                            name=spec.name, progress=False, tensorboard=False, torch_threads=spec.threads,
+                            checkpoint_every=10)
+        summary = run_search(opts)
+        episodes = pd.read_csv(run_dir / "episodes.csv")
+        best = episodes.loc[episodes["reward"].idxmax()]
+        config = json.loads((run_dir / "config.json").read_text())
+        state = json.loads((run_dir / "state.json").read_text())
+        row.update(best_reward=float(summary["best_reward"]), best_episode=int(best["episode"]),
+                   val_accuracy=float(best["accuracy"]), speedup_table=float(best["speedup"]),
+                   search_seconds=float(state.get("wall_time", 0.0)),
+                   base_val_accuracy=config.get("env", {}).get("base_accuracy"),
+                   versions=json.dumps(config.get("versions", {})), hardware=json.dumps(config.get("hardware", {})))
+    final = finetune_run(FinetuneOptions(run=str(run_dir), epochs=spec.finetune_epochs, progress=False,
+                                         onnx=False, seed=spec.seed))
+    row.update(test_accuracy=final["pruned"]["test_accuracy"], base_test_accuracy=final["base"]["test_accuracy"],
+               test_accuracy_before_finetune=final["pruned"]["test_accuracy_before_finetune"],
+               finetune_epochs=spec.finetune_epochs, macs_ratio=final["macs_ratio"],
+               speedup_measured=final["speedup_measured"], latency_ms=final["pruned"]["latency_ms"],
+               base_latency_ms=final["base"]["latency_ms"], torch_threads=torch.get_num_threads(),
+               run_seconds=time.perf_counter() - t0, ratios=json.dumps(final["plan_ratios"]))
+    spec.done_file.parent.mkdir(parents=True, exist_ok=True)
+    tmp = spec.done_file.with_suffix(".tmp")
+    tmp.write_text(json.dumps(row, indent=1, default=str))
+    tmp.replace(spec.done_file)  # atomic: a run is either done or not
+    return row
+
+
+def _safe_run(spec: RunSpec) -> dict[str, Any]:
+    try:
+        return run_one(spec)
+    except Exception as exc:  # one failed run must not sink the benchmark
+        return {"scenario": spec.scenario.name, "agent": spec.agent, "seed": spec.seed,
+                "error": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc()}
+
+
+def _execute(specs: list[RunSpec], workers: int, backend: str) -> list[dict[str, Any]]:
+    results = []
+    bar = tqdm(total=len(specs), desc="runs", unit="run")
+    # Sources of transfer runs go first, then the transfer runs themselves.
+    first = [s for s in specs if not s.scenario.transfer_from]
+    second = [s for s in specs if s.scenario.transfer_from]
+    for batch in (first, second):
+        if not batch:
+            continue
+        if backend == "ray":
+            try:
+                import ray
+            except ImportError as exc:
+                raise ImportError("--backend ray needs Ray: pip install 'dataawareprune[ray]'") from exc
+            if not ray.is_initialized():
+                ray.init(address=os.environ.get("RAY_ADDRESS"), num_cpus=None if os.environ.get("RAY_ADDRESS")
+                         else workers, include_dashboard=False, log_to_driver=False)
+            remote = ray.remote(num_cpus=1)(_safe_run)
+            pending = {remote.remote(s): s for s in batch}
+            while pending:
+                ready, _ = ray.wait(list(pending), num_returns=1)
+                for ref in ready:
+                    spec = pending.pop(ref)
+                    results.append(ray.get(ref))
+                    bar.set_postfix_str(spec.name)
+                    bar.update(1)
+        elif workers <= 1:
+            for s in batch:
+                bar.set_postfix_str(s.name)
+                results.append(_safe_run(s))
+                bar.update(1)
+        else:
+            import multiprocessing as mp
+
+            with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn")) as pool:
+                futures = {pool.submit(_safe_run, s): s for s in batch}
+                for fut in as_completed(futures):
+                    results.append(fut.result())
+                    bar.set_postfix_str(futures[fut].name)
+                    bar.update(1)
+    bar.close()
+    return results
+
+
+def run_benchmark(profile: str | Profile, out: str | Path | None = None, seeds: int | None = None,
+                  episodes: int | None = None, workers: int = 1, backend: str = "process",
+                  agents: list[str] | None = None) -> pd.DataFrame:
+    """Run every missing run of ``profile`` and write results, leaderboard and plots; returns the results."""
+    from .report import write_report
+
+    prof = get_profile(profile) if isinstance(profile, str) else profile
+    if agents:
+        prof = replace(prof, agents=list(agents))
+    out = Path(out or Path("results") / prof.name)
+    out.mkdir(parents=True, exist_ok=True)
+    cores = os.cpu_count() or 1
+    threads = max(1, cores // max(1, workers))
+    specs = plan_runs(prof, out, seeds or prof.seeds, episodes or prof.episodes, threads)
+    todo = [s for s in specs if not s.done_file.exists()]
+    print(f"benchmark {prof.name!r}: {len(specs)} runs ({len(specs) - len(todo)} already done), "
+          f"{workers} worker(s) x {threads} torch thread(s), backend {backend}; output in {out}")
+    (out / "profile.json").write_text(json.dumps(asdict(prof), indent=1, default=str))
+    t0 = time.perf_counter()
+    failed = [r for r in _execute(todo, workers, backend) if "error" in r]
+    for r in failed:
+        print(f"FAILED {r['scenario']} {r['agent']} seed {r['seed']}: {r['error']}")
+    rows = [json.loads(s.done_file.read_text()) for s in specs if s.done_file.exists()]
+    df = pd.DataFrame(rows)
+    write_report(df, out, prof)
+    print(f"wall time {time.perf_counter() - t0:.0f} s; {len(rows)}/{len(specs)} runs done; "
+          f"leaderboard: {out / 'leaderboard.md'}")
+    if failed:
+        raise SystemExit(f"{len(failed)} run(s) failed; rerun the same command to retry them")
+    return df
+
+
+def main(argv: list[str] | None = None) -> pd.DataFrame:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--profile", default="quick", help="quick, cifar10, paper or transfer")
+    p.add_argument("--seeds", type=int, default=None, help="seeds per scenario and agent (default: the profile's)")
+    p.add_argument("--episodes", type=int, default=None, help="episodes per search (default: the profile's)")
+    p.add_argument("--agents", nargs="+", default=None, help="restrict to these agents")
+    p.add_argument("--workers", type=int, default=1, help="runs in parallel (processes, or Ray tasks)")
+    p.add_argument("--backend", choices=["process", "ray"], default="process")
+    p.add_argument("--out", default=None, help="benchmark folder (default results/<profile>)")
+    a = p.parse_args(argv)
+    df = run_benchmark(a.profile, a.out, a.seeds, a.episodes, a.workers, a.backend, a.agents)
+    board = Path(a.out or Path("results") / a.profile) / "leaderboard.md"
+    if board.exists():
+        print(board.read_text())
+    return df
+
+
+if __name__ == "__main__":
+    main()
