@@ -16,9 +16,10 @@ from __future__ import annotations
 import copy
 import json
 import math
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -312,7 +313,7 @@ class ModelGraph:
         min_channels: int = 1,
         seed: int | None = None,
         meta: dict | None = None,
-    ) -> "PruningPlan":
+    ) -> PruningPlan:
         """Keep the highest-scoring channels of each group; without scores, keep the first ones."""
         if not isinstance(ratios, Mapping):
             ratios = list(ratios)
@@ -335,10 +336,10 @@ class ModelGraph:
             graph_signature=self.signature, seed=seed, meta=dict(meta or {}),
         )
 
-    def full_plan(self) -> "PruningPlan":
+    def full_plan(self) -> PruningPlan:
         return self.plan_from_ratios([0.0] * len(self.groups))
 
-    def check_plan(self, plan: "PruningPlan") -> None:
+    def check_plan(self, plan: PruningPlan) -> None:
         """Raise :class:`PlanMismatchError` with the reason when ``plan`` does not fit this graph."""
         if plan.graph_signature and plan.graph_signature != self.signature:
             mine = {g.name: g.channels for g in self.groups}
@@ -362,7 +363,7 @@ class ModelGraph:
         if extra:
             raise PlanMismatchError(f"plan names groups this model does not have: {sorted(extra)[:5]}")
 
-    def kept_counts(self, plan: "PruningPlan") -> list[int]:
+    def kept_counts(self, plan: PruningPlan) -> list[int]:
         return [len(plan.keep[g.name]) for g in self.groups]
 
 
@@ -396,14 +397,16 @@ class PruningPlan:
         }
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "PruningPlan":
+    def from_dict(cls, d: Mapping[str, Any]) -> PruningPlan:
         if not isinstance(d, Mapping) or d.get("format") != "dataawareprune.plan":
             raise ValueError("not a DataAwarePrune plan: expected a JSON object with format 'dataawareprune.plan'")
         try:
             keep = {str(k): sorted(int(i) for i in v) for k, v in d["keep"].items()}
             channels = {str(k): int(v) for k, v in d["channels"].items()}
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
-            raise ValueError(f"malformed plan: {exc!r}; 'keep' and 'channels' must map group names to lists/ints") from exc
+            raise ValueError(
+                f"malformed plan: {exc!r}; 'keep' and 'channels' must map group names to lists/ints"
+            ) from exc
         if set(keep) != set(channels):
             raise ValueError("malformed plan: 'keep' and 'channels' name different groups")
         return cls(keep=keep, channels=channels, graph_signature=str(d.get("graph_signature", "")),
@@ -413,7 +416,7 @@ class PruningPlan:
         return json.dumps(self.to_dict(), sort_keys=True)
 
     @classmethod
-    def from_json(cls, text: str) -> "PruningPlan":
+    def from_json(cls, text: str) -> PruningPlan:
         try:
             d = json.loads(text)
         except json.JSONDecodeError as exc:
@@ -426,7 +429,7 @@ class PruningPlan:
         return path
 
     @classmethod
-    def load(cls, path: str | Path) -> "PruningPlan":
+    def load(cls, path: str | Path) -> PruningPlan:
         path = Path(path)
         if not path.exists():
             raise FileNotFoundError(f"plan file {path} does not exist")

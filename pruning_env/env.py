@@ -101,7 +101,8 @@ class DataAwarePruneEnv(gym.Env):
     | latency | ``"table"`` | ``table`` (deterministic lookup table), ``measured`` (wall clock), ``macs`` (MACs proxy) |
     | latency_backend | ``"torch"`` | ``torch`` or ``onnxruntime`` for the table and the measurer |
     | latency_batch_size | 64 | batch size of latency measurements (eager batch 1 on CPU is mostly overhead) |
-    | threads | None | torch threads while measuring latency (None: current setting) |
+    | threads | 1 | torch threads while measuring latency (None: torch's setting); 1 is the most stable |
+    | latency_calibrate | False | fit the table's scale to measured pruned models (noisy on shared machines) |
     | reward | ``"latency_accuracy"`` | reward name, :class:`Reward` object or callable |
     | importance | ``"attention"`` | ``attention``, ``l1``, ``bn``, ``taylor``, ``random``, ``activation`` |
     | max_prune_ratio | 0.8 | largest fraction of a group that may be pruned |
@@ -131,7 +132,8 @@ class DataAwarePruneEnv(gym.Env):
         latency: str = "table",
         latency_backend: str = "torch",
         latency_batch_size: int = 64,
-        threads: int | None = None,
+        threads: int | None = 1,
+        latency_calibrate: bool = False,
         reward: str | Reward | Callable[[EpisodeMetrics], float] = "latency_accuracy",
         importance: str = "attention",
         max_prune_ratio: float = 0.8,
@@ -190,7 +192,7 @@ class DataAwarePruneEnv(gym.Env):
             device="cpu", batch_size=latency_batch_size, threads=threads, backend=latency_backend,
             input_shape=tuple(sc.example_inputs.shape[1:]),
         )
-        self.table = LatencyTable.build(self.graph, self.measurer)
+        self.table = LatencyTable.build(self.graph, self.measurer, calibrate=latency_calibrate)
         if latency == "macs":
             self._cost = lambda kept: float(macs_for_kept(self.graph, kept))
         else:

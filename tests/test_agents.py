@@ -257,6 +257,8 @@ def test_run_search_with_an_episodic_agent(env, tmp_path):
 
 
 # -- after the search ------------------------------------------------------------------------------------
+@pytest.mark.slow  # ~10 s idle, 25 s on a loaded 2-core machine: fine-tuning steps, latency, ONNX export
+@pytest.mark.e2e
 def test_finetune_exports_a_model_that_loads_with_identical_outputs(env, tmp_path):
     run_search(TrainOptions(algo="uniform", env=ENV_ID, episodes=1, run_dir=str(tmp_path), name="u", progress=False,
                             tensorboard=False), env=env)

@@ -126,7 +126,7 @@ def test_attention_ranks_dead_channels_lowest(trained_small, digits):
         _kill_channels(model, graph, gi, ch)
     stats = train_group_attention(model, graph, digits, steps=60, batch_size=64, calib_samples=256)
     assert stats.meta["final_mean_gate"] < 0.9  # the sparsity pressure moved the gates
-    combined = graph.scores(GroupAttentionImportance(stats))  # gate x activation, the default
+    combined = graph.scores(GroupAttentionImportance(stats, combine="activation"))  # gate x activation
     for gi, ch in dead.items():
         name = graph.group(gi).name
         alive = [i for i in range(graph.group(gi).channels) if i not in ch]
@@ -221,6 +221,14 @@ def test_registry_errors_and_names():
         make_importance("taylor")
     with pytest.raises(ValueError, match="'attention' needs model, graph, data"):
         make_importance("attention")
+
+
+def test_attention_settings_are_checked(trained_small, digits):
+    graph = ModelGraph(copy.deepcopy(trained_small), EX)
+    with pytest.raises(ValueError, match="mask must be 'subnet' or 'soft'"):
+        train_group_attention(graph.model, graph, digits, mask="hard")
+    with pytest.raises(ValueError, match="batch_norm must be 'frozen' or 'batch'"):
+        train_group_attention(graph.model, graph, digits, batch_norm="running")
 
 
 def test_random_importance_is_seeded_and_order_free(trained_small):
