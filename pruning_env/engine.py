@@ -320,12 +320,29 @@ class ModelGraph:
             if len(ratios) != len(self.groups):
                 raise ValueError(f"expected {len(self.groups)} ratios (one per group), got {len(ratios)}")
             ratios = {g.name: r for g, r in zip(self.groups, ratios)}
-        keep = {}
+        kept = []
         for g in self.groups:
             r = float(ratios.get(g.name, 0.0))
             if not 0.0 <= r <= 1.0 or not math.isfinite(r):
                 raise ValueError(f"prune ratio for group {g.name} must be in [0, 1], got {r}")
-            k = self.n_keep(g.channels, r, round_to, min_channels)
+            kept.append(self.n_keep(g.channels, r, round_to, min_channels))
+        return self.plan_from_kept(kept, scores, seed=seed, meta=meta)
+
+    def plan_from_kept(
+        self,
+        kept: Sequence[int],
+        scores: Mapping[str, torch.Tensor] | None = None,
+        seed: int | None = None,
+        meta: dict | None = None,
+    ) -> PruningPlan:
+        """Keep ``kept[i]`` highest-scoring channels of group ``i``; without scores, the first ones."""
+        if len(kept) != len(self.groups):
+            raise ValueError(f"expected {len(self.groups)} kept counts (one per group), got {len(kept)}")
+        keep = {}
+        for g, k in zip(self.groups, kept):
+            k = int(k)
+            if not 1 <= k <= g.channels:
+                raise ValueError(f"group {g.name} must keep between 1 and {g.channels} channels, got {k}")
             if scores is not None:
                 idx = torch.topk(scores[g.name], k, largest=True, sorted=False).indices
                 keep[g.name] = sorted(int(i) for i in idx)

@@ -361,19 +361,12 @@ class DataAwarePruneEnv(gym.Env):
         sc = self.scenario
         timing: dict[str, float] = {"steps": self._step_seconds}
         t = time.perf_counter()
-        ratios = {g.name: float(r) for g, r in zip(self.groups, self._applied)}
-        plan = self.graph.plan_from_ratios(
-            ratios, self.scores, round_to=self.round_to, min_channels=self.min_channels,
-            seed=self.np_random_seed if hasattr(self, "np_random_seed") else None,
+        plan = self.graph.plan_from_kept(
+            self._kept, self.scores, seed=self.np_random_seed,
             meta={"scenario_id": sc.id, "model": sc.model_name, "dataset": sc.data.name,
                   "importance": self.importance_name, "reward": self.reward_fn.name,
                   "target_latency": self.target_fraction, "latency": self.latency_mode},
         )
-        # Rounding in plan_from_ratios must reproduce the kept counts decided by the wall.
-        for g, k in zip(self.groups, self._kept):
-            if len(plan.keep[g.name]) != int(k):
-                idx = torch.topk(self.scores[g.name], int(k)).indices
-                plan.keep[g.name] = sorted(int(i) for i in idx)
         pruned = apply_plan(sc.model, plan, sc.example_inputs)
         timing["surgery"] = time.perf_counter() - t
         t = time.perf_counter()

@@ -21,6 +21,25 @@ def shared_data_dir() -> Path | None:
     return path if (path / "cifar10").is_dir() else None
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """One torch thread: tiny models run several times faster than on two on a shared 2-core machine."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def digits():
+    """The embedded digits dataset (train / val / test splits)."""
+    from pruning_env.data import load_dataset
+
+    return load_dataset("digits")
+
+
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     path = shared_data_dir()

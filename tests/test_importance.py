@@ -9,7 +9,6 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from pruning_env.data import load_dataset
 from pruning_env.engine import ModelGraph, apply_plan
 from pruning_env.importance import (
     IMPORTANCES,
@@ -27,18 +26,7 @@ EX = torch.randn(1, 3, 32, 32)
 FAST_ATTENTION = dict(steps=3, batch_size=16, calib_samples=32)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One torch thread: several times faster than two on a shared 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def digits():
-    return load_dataset("digits")
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -51,13 +51,7 @@ class TinyResNet(nn.Module):
         return self.fc(torch.flatten(self.pool(self.layer2(self.layer1(self.stem(x)))), 1))
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tracing and surgery of tiny models are fastest on one thread, especially on a shared machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def fast_measurer(**kw) -> LatencyMeasurer:

@@ -12,13 +12,7 @@ from pruning_env.train import default_device, evaluate, finetune, recalibrate_bn
 sklearn_datasets = pytest.importorskip("sklearn.datasets")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models train fastest on one thread, and a shared CI machine makes more threads much slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
