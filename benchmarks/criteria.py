@@ -39,11 +39,11 @@ import torch
 import torch.nn as nn
 import torch_pruning as tp
 
-from pruning_env.cache import cache_dir, cached_tensors, stable_hash, state_dict_hash
 from pruning_env.data import load_dataset
 from pruning_env.engine import ModelGraph, apply_plan
 from pruning_env.importance import available_importances, make_importance
 from pruning_env.models import build_model
+from pruning_env.scenario import adapt
 from pruning_env.train import evaluate, recalibrate_bn, train
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -58,8 +58,9 @@ class Args:
     """CIFAR ResNets with weights ``<data-root>/pretrained/cifar10_<model>.pth``."""
     ratios: tuple[float, ...] = (0.3, 0.5, 0.7)
     """fractions of the channels of every group that are removed."""
-    criteria: tuple[str, ...] = ("attention", "l1", "bn", "taylor", "activation", "random")
-    """criteria to compare (names of ``make_importance``)."""
+    criteria: tuple[str, ...] = ("attention", "attention_act", "l1", "bn", "taylor", "activation", "random")
+    """criteria to compare (names of ``make_importance``; ``attention_act`` is group attention combined with
+    the relative mean activation, ``make_importance("attention", combine="activation")``)."""
     random_seeds: int = 3
     """seeds of the ``random`` criterion."""
     data_root: str = str(ROOT.parent / "shared" / "data")
@@ -84,6 +85,9 @@ class Args:
     """batch size of the group attention training."""
     threads: int = 1
     """torch threads (1 is fastest on a shared 2-core machine)."""
+    device: str = "cpu"
+    """device of adaptation, fine-tunes, BN recalibration and evaluation (``cuda`` on a GPU machine);
+    scoring and surgery run on the CPU."""
     seed: int = 0
     """seed of the fine-tunes and of the attention."""
     out: str | None = None
@@ -113,29 +117,25 @@ def _parse(argv: list[str] | None = None) -> Args:
     return Args(**{k: tuple(v) if isinstance(v, list) else v for k, v in vars(ns).items()})
 
 
-def _finetune(model: nn.Module, data, steps: int, lr: float, batch_size: int, seed: int) -> nn.Module:
+def _finetune(model: nn.Module, data, steps: int, lr: float, batch_size: int, seed: int, device: str) -> nn.Module:
     """SGD (momentum 0.9, nesterov, wd 5e-4), cosine to 0 over ``steps``, crops and flips."""
     if steps > 0:
         train(model, data, epochs=math.ceil(steps * batch_size / len(data)) + 1, lr=lr, batch_size=batch_size,
-              max_steps=steps, seed=seed, progress=False, device="cpu")
+              max_steps=steps, seed=seed, progress=False, device=device)
     return model.eval()
 
 
 # -- the benchmark -----------------------------------------------------------------------------
 def adapted_base(name: str, data, a: Args) -> nn.Module:
-    """Published weights, fine-tuned ``adapt_steps`` on the train split (cached by weights+data+settings)."""
+    """Published weights, adapted ``adapt_steps`` on the train split by :func:`pruning_env.scenario.adapt`
+    (the cache the environment's ``adapt_steps`` reads too)."""
     model = build_model(name, num_classes=data.num_classes)
     ckpt = Path(a.data_root) / "pretrained" / f"cifar10_{name}.pth"
     model.load_state_dict(torch.load(ckpt, map_location="cpu", weights_only=True), strict=True)
     if a.adapt_steps <= 0:
         return model.eval()
-    key = stable_hash({"w": state_dict_hash(model), "data": data.fingerprint, "steps": a.adapt_steps,
-                       "lr": a.adapt_lr, "bs": a.batch_size, "seed": a.seed})
-    path = cache_dir("adapted") / f"{name}_{key}.pt"
     t0 = time.perf_counter()
-    state = cached_tensors(path, lambda: _finetune(model, data.train, a.adapt_steps, a.adapt_lr,
-                                                        a.batch_size, a.seed).state_dict())
-    model.load_state_dict(state)
+    model, path = adapt(model, data, a.adapt_steps, lr=a.adapt_lr, batch_size=a.batch_size, seed=0, device=a.device)
     log.info("%s: adapted base ready in %.0f s (%s)", name, time.perf_counter() - t0, path)
     return model.eval()
 
@@ -144,25 +144,29 @@ def run_model(name: str, data, a: Args) -> list[dict]:
     ex = torch.randn(1, *data.input_shape)
     base = adapted_base(name, data, a)
     graph = ModelGraph(base, ex)
-    base_acc = evaluate(base, data.val, max_samples=a.val_samples)
+    base_acc = evaluate(base, data.val, max_samples=a.val_samples, device=a.device)
     print(f"\n{name}: {len(graph)} groups, base val accuracy {base_acc:.4f} on {a.val_samples} val samples", flush=True)
     rows = []
     for crit in a.criteria:
         seeds = range(a.random_seeds) if crit == "random" else [a.seed]
         for seed in seeds:
             t0 = time.perf_counter()
-            kw = {"steps": a.attention_steps, "batch_size": a.attention_batch} if crit == "attention" else {}
-            imp = make_importance(crit, model=base, graph=graph, data=data, seed=seed, **kw)
+            kw = {"steps": a.attention_steps, "batch_size": a.attention_batch} if crit.startswith("attention") else {}
+            if crit == "attention_act":
+                imp = make_importance("attention", model=base, graph=graph, data=data, seed=seed,
+                                      combine="activation", **kw)
+            else:
+                imp = make_importance(crit, model=base, graph=graph, data=data, seed=seed, **kw)
             scores = graph.scores(imp)
             score_s = time.perf_counter() - t0
             for r in a.ratios:
                 plan = graph.plan_from_ratios([r] * len(graph), scores)
-                pruned = apply_plan(base, plan, ex)
+                pruned = apply_plan(base, plan, ex).to(a.device)
                 recalibrate_bn(pruned, data.train.iter_batches(a.batch_size), num_batches=a.recal_batches)
                 acc0 = evaluate(pruned, data.val, max_samples=a.val_samples)
                 acc1 = float("nan")
                 if a.finetune_steps > 0:
-                    _finetune(pruned, data.train, a.finetune_steps, a.finetune_lr, a.batch_size, a.seed)
+                    _finetune(pruned, data.train, a.finetune_steps, a.finetune_lr, a.batch_size, a.seed, a.device)
                     acc1 = evaluate(pruned, data.val, max_samples=a.val_samples)
                 rows.append({"model": name, "criterion": crit, "seed": seed, "ratio": r, "acc_recal": acc0,
                              "acc_finetuned": acc1, "base_acc": base_acc, "score_seconds": round(score_s, 1)})
@@ -203,7 +207,7 @@ def table(rows: list[dict], a: Args) -> str:
 def main(argv: list[str] | None = None) -> list[dict]:
     a = _parse(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    unknown = set(a.criteria) - set(available_importances())
+    unknown = set(a.criteria) - set(available_importances()) - {"attention_act"}
     if unknown:
         raise SystemExit(f"unknown criteria {sorted(unknown)}; valid: {available_importances()}")
     torch.set_num_threads(a.threads)
@@ -220,7 +224,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     if a.out:
         meta = {"data": data.source, "data_fingerprint": data.fingerprint, "torch": torch.__version__,
                 "torch_pruning": tp.__version__, "threads": a.threads, "machine": platform.platform(),
-                "processor": platform.processor() or platform.machine(), "time": time.strftime("%Y-%m-%d %H:%M:%S")}
+                "processor": platform.processor() or platform.machine(), "time": time.strftime("%Y-%m-%d %H:%M:%S"),
+                "device": a.device, "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
         Path(a.out).write_text(json.dumps({"args": dataclasses.asdict(a), "meta": meta, "rows": rows}, indent=1))
     return rows
 

@@ -82,14 +82,22 @@ def evaluate(
     batch_size: int = 256,
     device: torch.device | str | None = None,
     max_samples: int | None = None,
+    channels_last: bool = False,
 ) -> float:
     """Top-1 accuracy in [0, 1] of ``model`` on ``data`` (eval mode, ``torch.inference_mode()``).
 
-    ``device`` defaults to the device of the model's parameters (the model is moved there if given);
-    the model's train/eval mode is restored afterwards. ``max_samples`` evaluates only the first ones.
+    ``device`` defaults to the device of the model's parameters; when another device is given the
+    model is evaluated there and moved back afterwards, so a CPU base model stays on the CPU (where
+    latency is measured). The train/eval mode is restored too. ``max_samples`` evaluates only the first ones.
+    ``channels_last`` runs the convolutions in NHWC layout (about 25% faster on CPUs with oneDNN; the
+    model's layout is restored afterwards).
     """
-    device = _model_device(model) if device is None else torch.device(device)
+    home = _model_device(model)
+    device = home if device is None else torch.device(device)
     model.to(device)
+    fmt = torch.channels_last if channels_last else None
+    if fmt is not None:
+        model.to(memory_format=fmt)
     was_training = model.training
     model.eval()
     correct = seen = 0
@@ -99,12 +107,17 @@ def evaluate(
                 if max_samples is not None:
                     x, y = x[: max_samples - seen], y[: max_samples - seen]
                 x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+                if fmt is not None and x.dim() == 4:
+                    x = x.contiguous(memory_format=fmt)
                 correct += int((model(x).argmax(dim=1) == y).sum())
                 seen += len(y)
                 if max_samples is not None and seen >= max_samples:
                     break
     finally:
         model.train(was_training)
+        model.to(home)
+        if fmt is not None:
+            model.to(memory_format=torch.contiguous_format)
     if seen == 0:
         raise ValueError("evaluate got no samples: the data is empty (or max_samples is 0)")
     return correct / seen
@@ -115,6 +128,7 @@ def recalibrate_bn(
     batches: Any,
     num_batches: int = 50,
     device: torch.device | str | None = None,
+    channels_last: bool = False,
 ) -> nn.Module:
     """Re-estimate every BatchNorm's running mean and variance on ``batches`` (the standard fix after pruning).
 
@@ -128,6 +142,9 @@ def recalibrate_bn(
         return model
     device = _model_device(model) if device is None else torch.device(device)
     model.to(device)
+    fmt = torch.channels_last if channels_last else None
+    if fmt is not None:
+        model.to(memory_format=fmt)
     momenta = [m.momentum for m in bns]
     for m in bns:
         m.reset_running_stats()
@@ -140,12 +157,15 @@ def recalibrate_bn(
                 if i >= num_batches:
                     break
                 x = batch[0] if isinstance(batch, (tuple, list)) else batch
-                model(x.to(device, non_blocking=True))
+                x = x.to(device, non_blocking=True)
+                model(x.contiguous(memory_format=fmt) if fmt is not None and x.dim() == 4 else x)
                 used += 1
     finally:
         for m, mom in zip(bns, momenta):
             m.momentum = mom
         model.eval()
+        if fmt is not None:
+            model.to(memory_format=torch.contiguous_format)
     if used == 0:
         raise ValueError("recalibrate_bn got no batches; the running statistics were reset and are now empty")
     return model

@@ -151,24 +151,10 @@ def test_small_resnet_is_small_and_fits_a_fixed_batch():
 
 
 @pytest.mark.slow
-def test_small_resnet_reaches_95_percent_on_digits():
-    from pruning_env.data import load_dataset
+def test_the_default_scenario_trains_itself_to_95_percent(tmp_path):
+    """The recipe load_scenario uses when the embedded default has no cached weights."""
+    from pruning_env.scenario import _AUTO_TRAIN, pretrain
 
-    torch.manual_seed(0)
-    data = load_dataset("digits")
-    model = build_model("small_resnet", num_classes=data.num_classes)
-    epochs, steps = 8, (len(data.train) + 63) // 64
-    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, epochs * steps)
-    gen = torch.Generator().manual_seed(0)
-    for _ in range(epochs):
-        model.train()
-        for xb, yb in data.train.iter_batches(64, shuffle=True, generator=gen):
-            opt.zero_grad()
-            nn.functional.cross_entropy(model(xb), yb).backward()
-            opt.step()
-            sched.step()
-    model.eval()
-    with torch.no_grad():
-        correct = sum((model(xb).argmax(1) == yb).sum().item() for xb, yb in data.test.iter_batches(512))
-    assert correct / len(data.test) >= 0.95
+    _, path, metrics = pretrain("small_resnet", "digits", progress=False, out=tmp_path / "w.pth",
+                                **_AUTO_TRAIN[("small_resnet", "digits")])
+    assert path.exists() and metrics["test_accuracy"] >= 0.95, metrics
