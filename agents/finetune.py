@@ -58,6 +58,8 @@ class FinetuneOptions:
     """device for fine-tuning and accuracy (default: CUDA when available); latency uses the env's measurer"""
     latency_rounds: int = 3
     """alternating base/pruned latency measurements; the median of the rounds' medians is reported"""
+    data_root: str | None = None
+    """data folder on this machine, when it differs from the search's (a search run on another machine)"""
     onnx: bool = True
     """export ONNX too (and check it with onnxruntime when installed)"""
     onnx_atol: float = 1e-4
@@ -122,7 +124,10 @@ def finetune_run(opts: FinetuneOptions, env: gym.Env | None = None) -> dict[str,
     seed_everything(opts.seed)
     own_env = env is None
     if own_env:
-        env = gym.make(config["options"]["env"], **config["options"]["env_kwargs"])
+        env_kwargs = dict(config["options"]["env_kwargs"])
+        if opts.data_root is not None:
+            env_kwargs["data_root"] = opts.data_root
+        env = gym.make(config["options"]["env"], **env_kwargs)
     elif env.spec is not None and env.spec.id != config["options"]["env"]:
         raise ValueError(f"the given env is {env.spec.id!r} but the run searched {config['options']['env']!r}")
     base_env = env.unwrapped

@@ -5,9 +5,13 @@
 Prints (1) ResNet-56's accuracy on the CIFAR-10 test split with the published weights, and
 (2) for ResNet-56, VGG-19-BN, MobileNetV2 and EfficientNet-B0 pruned uniformly at 50% of the
 channels of every group (L1 magnitude): MACs, parameters and measured CPU latency at batch 1
-and 64, before and after. Latency: median of repeated runs after warm-up (see the printed
-measurer settings). The per-group lookup-table error is printed by
-``python -m benchmarks.latency_table_error``.
+and 64, before and after, for PyTorch eager and ONNX Runtime (when installed). Latency: median of
+repeated runs after warm-up, base and pruned timed alternately. The per-group lookup-table error is
+printed by ``python -m benchmarks.latency_table_error``.
+
+The deployment comparison (eager vs ONNX Runtime, issue "latency as deployed")::
+
+    python -m benchmarks.foundation --skip-accuracy --models resnet56 mobilenet_v2 --threads 1
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import platform
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import torch
 import torch_pruning as tp
@@ -41,7 +46,26 @@ def base_accuracy(data_root: Path) -> None:
           f"over {len(data.test)} images ({time.perf_counter() - t:.1f} s)")
 
 
-def uniform_table(models: list[str], batch_sizes: list[int], repeats: int, threads: int | None) -> pd.DataFrame:
+def _available_backends(backends: list[str]) -> list[str]:
+    keep = []
+    for b in backends:
+        if b == "onnxruntime":
+            try:
+                import onnxruntime  # noqa: F401
+            except ImportError:
+                print("(onnxruntime is not installed: pip install 'dataawareprune[onnx]'; skipping that backend)")
+                continue
+        keep.append(b)
+    return keep
+
+
+def uniform_table(models: list[str], batch_sizes: list[int], repeats: int, threads: int | None,
+                  backends: list[str] = ("torch",), rounds: int = 3) -> pd.DataFrame:
+    """Uniform 50% L1 pruning per model; latency per backend and batch size.
+
+    Base and pruned models are timed alternately ``rounds`` times (median of the rounds' medians),
+    so a change of machine load during the measurement hits both alike.
+    """
     rows = []
     for name in models:
         model = build_model(name, num_classes=10).eval()
@@ -53,12 +77,19 @@ def uniform_table(models: list[str], batch_sizes: list[int], repeats: int, threa
         macs1, params1 = count_macs_params(pruned, x)
         row = {"model": name, "groups": len(graph.groups), "MACs (M)": macs0 / 1e6, "MACs pruned (M)": macs1 / 1e6,
                "MACs ratio": macs0 / macs1, "params (M)": params0 / 1e6, "params pruned (M)": params1 / 1e6}
-        for bs in batch_sizes:
-            meas = LatencyMeasurer(batch_size=bs, threads=threads, repeats=repeats if bs == 1 else max(5, repeats // 3))
-            t0, t1 = meas.measure(model), meas.measure(pruned)
-            row[f"bs{bs} ms"] = t0
-            row[f"bs{bs} pruned ms"] = t1
-            row[f"bs{bs} speedup"] = t0 / t1
+        for backend in backends:
+            tag = "eager" if backend == "torch" else "ort"
+            for bs in batch_sizes:
+                meas = LatencyMeasurer(batch_size=bs, threads=threads, backend=backend,
+                                       repeats=repeats if bs == 1 else max(5, repeats // 3))
+                base_runs, pruned_runs = [], []
+                for _ in range(max(1, rounds)):
+                    base_runs.append(meas.measure(model))
+                    pruned_runs.append(meas.measure(pruned))
+                t0, t1 = float(np.median(base_runs)), float(np.median(pruned_runs))
+                row[f"{tag} bs{bs} ms"] = t0
+                row[f"{tag} bs{bs} pruned ms"] = t1
+                row[f"{tag} bs{bs} speedup"] = t0 / t1
         rows.append(row)
         print(pd.DataFrame([row]).to_string(index=False, float_format=lambda v: f"{v:.2f}"), flush=True)
     return pd.DataFrame(rows)
@@ -71,15 +102,23 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--batch-sizes", nargs="+", type=int, default=[1, 64])
     p.add_argument("--repeats", type=int, default=30)
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--backends", nargs="+", choices=["torch", "onnxruntime"], default=["torch", "onnxruntime"],
+                   help="latency backends (onnxruntime is skipped when not installed)")
+    p.add_argument("--rounds", type=int, default=3, help="alternating base/pruned measurement rounds")
+    p.add_argument("--skip-accuracy", action="store_true", help="only the latency table")
     args = p.parse_args(argv)
     print(f"torch {torch.__version__}, {platform.processor() or platform.machine()}, "
           f"threads {args.threads or torch.get_num_threads()}")
-    if (args.data_root / "cifar10").is_dir():
+    if args.skip_accuracy:
+        pass
+    elif (args.data_root / "cifar10").is_dir():
         base_accuracy(args.data_root)
     else:
         print(f"(no CIFAR-10 under {args.data_root}: skipping the accuracy check)")
-    df = uniform_table(args.models, args.batch_sizes, args.repeats, args.threads)
-    print("\nUniform 50% channel pruning (L1 magnitude), CPU latency (median ms):")
+    df = uniform_table(args.models, args.batch_sizes, args.repeats, args.threads,
+                       _available_backends(args.backends), args.rounds)
+    print("\nUniform 50% channel pruning (L1 magnitude), CPU latency (median ms; eager = PyTorch eager, "
+          "ort = ONNX Runtime CPU):")
     print(df.to_markdown(index=False, floatfmt=".2f") if _has_tabulate() else df.to_string(index=False))
 
 

@@ -134,6 +134,26 @@ def _safe_run(spec: RunSpec) -> dict[str, Any]:
                 "error": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc()}
 
 
+def prepare_scenarios(specs: list[RunSpec]) -> None:
+    """Build every scenario's cached artefacts once, in this process, before the runs fan out.
+
+    Base-model adaptation, group attention, the latency table and the data profile are cached on
+    disk per scenario; without this step every worker would build them at the same time.
+    """
+    import gymnasium as gym
+
+    import pruning_env  # noqa: F401  (registers the environments)
+
+    seen: set[str] = set()
+    for s in specs:
+        if s.scenario.name in seen:
+            continue
+        seen.add(s.scenario.name)
+        t0 = time.perf_counter()
+        gym.make(s.scenario.env_id, **s.scenario.env_kwargs).close()
+        print(f"scenario {s.scenario.name}: ready in {time.perf_counter() - t0:.0f} s", flush=True)
+
+
 def _execute(specs: list[RunSpec], workers: int, backend: str) -> list[dict[str, Any]]:
     results = []
     bar = tqdm(total=len(specs), desc="runs", unit="run")
@@ -180,13 +200,19 @@ def _execute(specs: list[RunSpec], workers: int, backend: str) -> list[dict[str,
 
 def run_benchmark(profile: str | Profile, out: str | Path | None = None, seeds: int | None = None,
                   episodes: int | None = None, workers: int = 1, backend: str = "process",
-                  agents: list[str] | None = None) -> pd.DataFrame:
+                  agents: list[str] | None = None, scenarios: list[str] | None = None) -> pd.DataFrame:
     """Run every missing run of ``profile`` and write results, leaderboard and plots; returns the results."""
     from .report import write_report
 
     prof = get_profile(profile) if isinstance(profile, str) else profile
     if agents:
         prof = replace(prof, agents=list(agents))
+    if scenarios:
+        known = [s.name for s in prof.scenarios]
+        unknown = sorted(set(scenarios) - set(known))
+        if unknown:
+            raise ValueError(f"unknown scenarios {unknown} in profile {prof.name!r}; valid: {', '.join(known)}")
+        prof = replace(prof, scenarios=[s for s in prof.scenarios if s.name in scenarios])
     out = Path(out or Path("results") / prof.name)
     out.mkdir(parents=True, exist_ok=True)
     cores = os.cpu_count() or 1
@@ -197,6 +223,8 @@ def run_benchmark(profile: str | Profile, out: str | Path | None = None, seeds: 
           f"{workers} worker(s) x {threads} torch thread(s), backend {backend}; output in {out}")
     (out / "profile.json").write_text(json.dumps(asdict(prof), indent=1, default=str))
     t0 = time.perf_counter()
+    if todo and workers > 1:
+        prepare_scenarios([s for s in todo if not s.scenario.transfer_from])
     failed = [r for r in _execute(todo, workers, backend) if "error" in r]
     for r in failed:
         print(f"FAILED {r['scenario']} {r['agent']} seed {r['seed']}: {r['error']}")
@@ -216,11 +244,12 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     p.add_argument("--seeds", type=int, default=None, help="seeds per scenario and agent (default: the profile's)")
     p.add_argument("--episodes", type=int, default=None, help="episodes per search (default: the profile's)")
     p.add_argument("--agents", nargs="+", default=None, help="restrict to these agents")
+    p.add_argument("--scenarios", nargs="+", default=None, help="restrict to these scenarios of the profile")
     p.add_argument("--workers", type=int, default=1, help="runs in parallel (processes, or Ray tasks)")
     p.add_argument("--backend", choices=["process", "ray"], default="process")
     p.add_argument("--out", default=None, help="benchmark folder (default results/<profile>)")
     a = p.parse_args(argv)
-    df = run_benchmark(a.profile, a.out, a.seeds, a.episodes, a.workers, a.backend, a.agents)
+    df = run_benchmark(a.profile, a.out, a.seeds, a.episodes, a.workers, a.backend, a.agents, a.scenarios)
     board = Path(a.out or Path("results") / a.profile) / "leaderboard.md"
     if board.exists():
         print(board.read_text())
