@@ -218,12 +218,26 @@ class ModelGraph:
                 x = inp[0] if inp and torch.is_tensor(inp[0]) else None
                 shapes[m] = (tuple(x.shape[1:]) if x is not None else (), tuple(out.shape[1:]))
 
-        handles = [m.register_forward_hook(hook) for m in model.modules() if not list(m.children())]
+        entered: list[nn.Module] = []
+        leaves = [m for m in model.modules() if not list(m.children())]
+        handles = [m.register_forward_hook(hook) for m in leaves]
+        handles += [m.register_forward_pre_hook(lambda m, inp: entered.append(m)) for m in leaves]
+        names = {m: n for n, m in model.named_modules()}
         was_training = model.training
         try:
             model.eval()
             with torch.no_grad():
                 model(*_as_tuple(example_inputs))
+        except Exception as exc:  # name the layer that failed (the last one entered that did not return)
+            failed = next((m for m in reversed(entered) if m not in shapes), None)
+            where = (f"layer {names.get(failed, '?')!r} ({type(failed).__name__})" if failed is not None
+                     else "code outside any leaf layer (the model's own forward)")
+            shape = tuple(example_inputs.shape) if torch.is_tensor(example_inputs) else "?"
+            raise ValueError(
+                f"{type(model).__name__} cannot run the example input of shape {shape}: {where} raised "
+                f"{type(exc).__name__}: {exc}. Pass example inputs the model accepts (input_size / the "
+                "dataset's image size) and make sure its forward runs on them."
+            ) from exc
         finally:
             model.train(was_training)
             for h in handles:
@@ -417,9 +431,22 @@ class PruningPlan:
     def from_dict(cls, d: Mapping[str, Any]) -> PruningPlan:
         if not isinstance(d, Mapping) or d.get("format") != "dataawareprune.plan":
             raise ValueError("not a DataAwarePrune plan: expected a JSON object with format 'dataawareprune.plan'")
+        def is_int(i: Any) -> bool:
+            return isinstance(i, int) and not isinstance(i, bool)
+
+        def ints(v: Any) -> list[int]:
+            if isinstance(v, (str, bytes)) or not all(is_int(i) for i in v):
+                raise TypeError(f"channel indices must be a list of integers, got {v!r:.60}")
+            return sorted(v)
+
+        def count(v: Any) -> int:
+            if not is_int(v):
+                raise TypeError(f"channel counts must be integers, got {v!r:.60}")
+            return v
+
         try:
-            keep = {str(k): sorted(int(i) for i in v) for k, v in d["keep"].items()}
-            channels = {str(k): int(v) for k, v in d["channels"].items()}
+            keep = {str(k): ints(v) for k, v in d["keep"].items()}
+            channels = {str(k): count(v) for k, v in d["channels"].items()}
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise ValueError(
                 f"malformed plan: {exc!r}; 'keep' and 'channels' must map group names to lists/ints"

@@ -3,12 +3,19 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pandas as pd
 import pytest
 
 from benchmarks.profiles import BenchScenario, Profile
 from benchmarks.run import run_benchmark
+from benchmarks.speedups import remeasure, summary
 
 
 @pytest.mark.e2e
@@ -31,3 +38,55 @@ def test_quick_benchmark_writes_report_and_skips_finished_runs(tmp_path) -> None
     assert stamps == {p.name: p.stat().st_mtime_ns for p in (tmp_path / "done").glob("*.json")}
     row = json.loads((tmp_path / "done" / "digits-small_resnet__uniform__0.json").read_text())
     assert row["episodes"] == 2
+    # The best plans re-measured "on the deployment machine" (here): one row per run, real speedups.
+    sp = remeasure(tmp_path, rounds=1, repeats=3)
+    assert sorted(sp["agent"]) == ["random", "uniform"] and (sp["speedup"] > 1.0).all()
+    assert (tmp_path / "speedups_torch_bs64.csv").exists() and len(summary(sp)) == 2
+
+
+def test_unknown_scenario_is_refused_with_the_valid_names(tmp_path) -> None:
+    with pytest.raises(ValueError, match="valid: digits-small_resnet"):
+        run_benchmark("quick", out=tmp_path, scenarios=["cifar10-resnet20"])
+
+
+@pytest.mark.slow
+def test_benchmark_killed_with_sigkill_resumes_without_losing_or_duplicating_runs(tmp_path) -> None:
+    root = Path(__file__).resolve().parents[1]
+    cmd = [sys.executable, "-m", "benchmarks.run", "--profile", "quick", "--agents", "random", "uniform",
+           "--seeds", "2", "--episodes", "12", "--out", str(tmp_path)]
+    proc = subprocess.Popen(cmd, cwd=root, start_new_session=True, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.time() + 900
+    # Kill mid-search: one run finished and another one has played some episodes.
+    while time.time() < deadline and proc.poll() is None:
+        done = list((tmp_path / "done").glob("*.json"))
+        started = [p for p in (tmp_path / "runs").glob("*/episodes.csv") if not any(
+            d.stem == p.parent.name for d in done)] if done else []
+        if started and len(pd.read_csv(started[0])) >= 2:
+            break
+        time.sleep(0.5)
+    assert proc.poll() is None, "the benchmark finished before it could be killed"
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    killed_with = len(list((tmp_path / "done").glob("*.json")))
+    assert 1 <= killed_with < 4
+    subprocess.run(cmd, cwd=root, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    results = pd.read_csv(tmp_path / "results.csv")
+    assert len(results) == 4 and not results.duplicated(["agent", "seed"]).any()
+    for run in (tmp_path / "runs").iterdir():
+        episodes = pd.read_csv(run / "episodes.csv")["episode"]
+        assert episodes.is_unique and episodes.tolist() == list(range(1, len(episodes) + 1)), run.name
+        assert len(episodes) == (12 if "__random__" in run.name else 1), run.name
+
+
+@pytest.mark.slow
+def test_ray_backend_runs_the_benchmark_on_a_local_ray_instance(tmp_path) -> None:
+    ray = pytest.importorskip("ray", reason="Ray is an optional extra: pip install 'dataawareprune[ray]'")
+    prof = Profile("tiny-ray", [BenchScenario("digits-small_resnet", {})], agents=["uniform", "random"], seeds=1,
+                   episodes=2, description="test")
+    try:
+        df = run_benchmark(prof, out=tmp_path, workers=2, backend="ray")
+    finally:
+        ray.shutdown()
+    assert sorted(df["agent"]) == ["random", "uniform"] and df["val_accuracy"].notna().all()
+    assert len(list((tmp_path / "done").glob("*.json"))) == 2
