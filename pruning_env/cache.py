@@ -29,6 +29,7 @@ __all__ = [
     "atomic_write_json",
     "cached_tensors",
     "cached_json",
+    "torch_error_summary",
 ]
 
 log = logging.getLogger(__name__)
@@ -131,3 +132,12 @@ def cached_json(path: Path, build: Callable[[], Any]) -> Any:
     value = build()
     atomic_write_json(path, value)
     return value
+
+
+def torch_error_summary(exc: BaseException, limit: int = 160) -> str:
+    """The first line of a ``torch.load`` error, without terminal colour codes, for our own messages."""
+    import re
+
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc)).strip().splitlines()
+    first = text[0] if text else type(exc).__name__
+    return first if len(first) <= limit else first[: limit - 3] + "..."
