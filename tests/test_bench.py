@@ -28,7 +28,7 @@ def test_quick_benchmark_writes_report_and_skips_finished_runs(tmp_path) -> None
         assert df[col].notna().all(), col
     assert (df["macs_ratio"] > 1.0).all()
     board = (tmp_path / "leaderboard.md").read_text()
-    assert "uniform" in board and "±" in board
+    assert "uniform" in board and "±" in board and "quoted, not measured here" in board
     assert sorted(p.name for p in (tmp_path / "plots").glob("*.png")) == [
         "accuracy_vs_speedup.png", "learning_digits-small_resnet.png", "ratios_digits-small_resnet.png"]
     assert len(pd.read_csv(tmp_path / "results.csv")) == 2
