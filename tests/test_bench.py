@@ -39,8 +39,10 @@ def test_quick_benchmark_writes_report_and_skips_finished_runs(tmp_path) -> None
     row = json.loads((tmp_path / "done" / "digits-small_resnet__uniform__0.json").read_text())
     assert row["episodes"] == 2
     # The best plans re-measured "on the deployment machine" (here): one row per run, real speedups.
-    sp = remeasure(tmp_path, rounds=1, repeats=3)
-    assert sorted(sp["agent"]) == ["random", "uniform"] and (sp["speedup"] > 1.0).all()
+    # Timings on a shared machine are noisy: the pruned models must be clearly faster, not exactly so.
+    sp = remeasure(tmp_path, rounds=3, repeats=5)
+    assert sorted(sp["agent"]) == ["random", "uniform"] and (sp["pruned_ms"] > 0).all()
+    assert sp["speedup"].median() > 1.2, sp[["agent", "base_ms", "pruned_ms"]]
     assert (tmp_path / "speedups_torch_bs64.csv").exists() and len(summary(sp)) == 2
 
 
