@@ -29,7 +29,7 @@ __all__ = [
     "atomic_write_json",
     "cached_tensors",
     "cached_json",
-    "torch_error_summary",
+    "load_weights_only",
 ]
 
 log = logging.getLogger(__name__)
@@ -134,10 +134,24 @@ def cached_json(path: Path, build: Callable[[], Any]) -> Any:
     return value
 
 
-def torch_error_summary(exc: BaseException, limit: int = 160) -> str:
-    """The first line of a ``torch.load`` error, without terminal colour codes, for our own messages."""
+def load_weights_only(path: str | os.PathLike, what: str, fix: str) -> Any:
+    """``torch.load(path, weights_only=True)`` on the CPU; a failure becomes one clear ``ValueError``.
+
+    ``what`` names the file in the message ("checkpoint", "pruned model file"), ``fix`` says what to do.
+    Nothing that needs pickle is loaded: unpickling can run code.
+    """
     import re
 
-    text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc)).strip().splitlines()
-    first = text[0] if text else type(exc).__name__
-    return first if len(first) <= limit else first[: limit - 3] + "..."
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{what} {path} does not exist")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        lines = re.sub(r"\x1b\[[0-9;]*m", "", str(exc)).strip().splitlines()  # torch's text, no colour codes
+        first = (lines[0] if lines else type(exc).__name__)[:160]
+        raise ValueError(
+            f"could not load {what} {path} with torch.load(weights_only=True): the file is truncated or corrupt, "
+            f"or it pickles Python objects, which DataAwarePrune refuses to load because unpickling can run "
+            f"code. {fix} (torch: {first})"
+        ) from exc

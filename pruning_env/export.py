@@ -16,7 +16,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from .cache import torch_error_summary
+from .cache import load_weights_only
 from .engine import PruningPlan, apply_plan
 
 __all__ = ["save_pruned", "load_pruned", "export_onnx"]
@@ -52,16 +52,7 @@ def load_pruned(path: str | Path, model: nn.Module | None = None) -> tuple[nn.Mo
     the registry (a user's own ``nn.Module``); its weights are irrelevant.
     """
     path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"pruned model file {path} does not exist")
-    try:
-        blob = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise ValueError(
-            f"could not load {path} with weights_only=True: it is truncated or corrupt, or it pickles Python "
-            "objects, which DataAwarePrune refuses to load because unpickling can run code. Write pruned models "
-            f"with pruning_env.save_pruned. (torch: {torch_error_summary(exc)})"
-        ) from exc
+    blob = load_weights_only(path, "pruned model file", "Write pruned models with pruning_env.save_pruned.")
     if not isinstance(blob, dict) or blob.get("format") != FORMAT:
         raise ValueError(f"{path} is not a DataAwarePrune pruned-model file (written by save_pruned)")
     arch = json.loads(blob["arch"])

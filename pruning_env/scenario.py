@@ -25,7 +25,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from .cache import cache_dir, cached_tensors, stable_hash, state_dict_hash, torch_error_summary
+from .cache import cache_dir, cached_tensors, load_weights_only, stable_hash, state_dict_hash
 from .cache import data_root as resolve_data_root
 from .data import DatasetSplits, load_dataset
 from .engine import ModelGraph
@@ -83,17 +83,8 @@ class Scenario:
 def load_checkpoint(model: nn.Module, path: str | Path, strict: bool = True) -> nn.Module:
     """Load a state dict into ``model`` safely (``weights_only=True``), with helpful errors."""
     path = Path(path).expanduser()
-    if not path.exists():
-        raise FileNotFoundError(f"checkpoint {path} does not exist")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise ValueError(
-            f"could not load checkpoint {path} with torch.load(weights_only=True): the file is truncated or "
-            "corrupt, or it pickles Python objects (a whole model), which could run code; DataAwarePrune only "
-            "loads plain state_dicts. Re-save it with torch.save(model.state_dict(), path). "
-            f"(torch: {torch_error_summary(exc)})"
-        ) from exc
+    state = load_weights_only(path, "checkpoint", "DataAwarePrune only loads plain state_dicts: re-save it with "
+                              "torch.save(model.state_dict(), path).")
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
     if not isinstance(state, dict):
