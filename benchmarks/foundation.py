@@ -28,7 +28,7 @@ import torch_pruning as tp
 
 from pruning_env.data import load_dataset
 from pruning_env.engine import ModelGraph, apply_plan, count_macs_params
-from pruning_env.latency import LatencyMeasurer
+from pruning_env.latency import LatencyMeasurer, available_backends
 from pruning_env.models import build_model
 from pruning_env.scenario import load_checkpoint
 from pruning_env.train import evaluate
@@ -47,16 +47,10 @@ def base_accuracy(data_root: Path) -> None:
 
 
 def _available_backends(backends: list[str]) -> list[str]:
-    keep = []
-    for b in backends:
-        if b == "onnxruntime":
-            try:
-                import onnxruntime  # noqa: F401
-            except ImportError:
-                print("(onnxruntime is not installed: pip install 'dataawareprune[onnx]'; skipping that backend)")
-                continue
-        keep.append(b)
-    return keep
+    usable = available_backends()
+    for b in set(backends) - set(usable):
+        print(f"({b} is not installed: pip install 'dataawareprune[onnx]'; skipping that backend)")
+    return [b for b in backends if b in usable]
 
 
 def uniform_table(models: list[str], batch_sizes: list[int], repeats: int, threads: int | None,

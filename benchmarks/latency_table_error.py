@@ -30,7 +30,7 @@ import pandas as pd
 import torch
 
 from pruning_env.engine import ModelGraph, apply_plan
-from pruning_env.latency import LatencyMeasurer, LatencyTable, MacsModel
+from pruning_env.latency import LatencyMeasurer, LatencyTable, MacsModel, available_backends
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "pretrained"
 
@@ -166,12 +166,10 @@ def main(argv: list[str] | None = None) -> None:
     plans = [graph.plan_from_ratios(1.0 - rng.uniform(0.2, 1.0, len(graph.groups))) for _ in range(args.plans)]
     configs = [("torch", b) for b in args.batch_sizes] if "torch" in args.backends else []
     if "onnxruntime" in args.backends:
-        try:
-            import onnxruntime  # noqa: F401
-        except ImportError:
-            print("onnxruntime is not installed: skipping that backend (pip install dataawareprune[onnx])")
-        else:
+        if "onnxruntime" in available_backends():
             configs += [("onnxruntime", b) for b in args.onnx_batch_sizes]
+        else:
+            print("onnxruntime is not installed: skipping that backend (pip install dataawareprune[onnx])")
     summary = pd.DataFrame([run_config(args, model, graph, plans, *cfg) for cfg in configs])
     print("\n== summary: median |relative error| of predicted vs measured ms, build time of the table ==")
     print(summary.to_string(index=False, float_format=lambda v: f"{v:.1f}"))

@@ -37,7 +37,7 @@ from torch import nn
 from .cache import cache_dir, cached_json, stable_hash
 from .engine import LayerInfo, ModelGraph, PlanMismatchError, PruningPlan, apply_plan
 
-__all__ = ["LatencyMeasurer", "LatencyTable", "MacsModel", "macs_for_kept", "DEFAULT_GRID"]
+__all__ = ["LatencyMeasurer", "LatencyTable", "MacsModel", "macs_for_kept", "available_backends", "DEFAULT_GRID"]
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +69,15 @@ def _require_onnxruntime():
             "the onnxruntime latency backend needs onnxruntime and onnx: pip install dataawareprune[onnx]"
         ) from exc
     return onnxruntime
+
+
+def available_backends() -> list[str]:
+    """Latency backends usable here: ``torch`` always, ``onnxruntime`` when the optional extra is installed."""
+    try:
+        _require_onnxruntime()
+    except ImportError:
+        return ["torch"]
+    return ["torch", "onnxruntime"]
 
 
 @contextlib.contextmanager
