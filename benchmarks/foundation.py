@@ -21,11 +21,11 @@ import platform
 import time
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import torch
 import torch_pruning as tp
 
+from agents.finetune import measure_speedup
 from pruning_env.data import load_dataset
 from pruning_env.engine import ModelGraph, apply_plan, count_macs_params
 from pruning_env.latency import LatencyMeasurer, available_backends
@@ -76,11 +76,8 @@ def uniform_table(models: list[str], batch_sizes: list[int], repeats: int, threa
             for bs in batch_sizes:
                 meas = LatencyMeasurer(batch_size=bs, threads=threads, backend=backend,
                                        repeats=repeats if bs == 1 else max(5, repeats // 3))
-                base_runs, pruned_runs = [], []
-                for _ in range(max(1, rounds)):
-                    base_runs.append(meas.measure(model))
-                    pruned_runs.append(meas.measure(pruned))
-                t0, t1 = float(np.median(base_runs)), float(np.median(pruned_runs))
+                timed = measure_speedup(meas, model, pruned, rounds=rounds)
+                t0, t1 = timed["base_latency_ms"], timed["pruned_latency_ms"]
                 row[f"{tag} bs{bs} ms"] = t0
                 row[f"{tag} bs{bs} pruned ms"] = t1
                 row[f"{tag} bs{bs} speedup"] = t0 / t1

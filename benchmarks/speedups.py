@@ -19,7 +19,6 @@ import json
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 
 __all__ = ["remeasure", "main"]
@@ -35,6 +34,7 @@ def remeasure(bench: str | Path, data_root: str | None = None, backend: str = "t
     """Latency of every run's best plan against its base model, measured here; returns one row per run."""
     import torch
 
+    from agents.finetune import measure_speedup
     from pruning_env.engine import PruningPlan, apply_plan
     from pruning_env.latency import LatencyMeasurer
     from pruning_env.scenario import load_scenario
@@ -62,11 +62,8 @@ def remeasure(bench: str | Path, data_root: str | None = None, backend: str = "t
         sc, meas = scenarios[key]
         plan = PruningPlan.load(run / "best_plan.json")
         pruned = apply_plan(sc.model, plan, sc.example_inputs).eval()
-        base_ms, pruned_ms = [], []
-        for _ in range(max(1, rounds)):
-            base_ms.append(meas.measure(sc.model))
-            pruned_ms.append(meas.measure(pruned))
-        b, p = float(np.median(base_ms)), float(np.median(pruned_ms))
+        timed = measure_speedup(meas, sc.model, pruned, rounds=rounds)
+        b, p = timed["base_latency_ms"], timed["pruned_latency_ms"]
         parts = run.name.split("__")
         rows.append({"run": run.name, "scenario": parts[0] if len(parts) == 3 else "",
                      "agent": config["options"]["algo"], "seed": config["options"]["seed"],
