@@ -58,11 +58,15 @@ class Args:
     """CIFAR ResNets with weights ``<data-root>/pretrained/cifar10_<model>.pth``."""
     ratios: tuple[float, ...] = (0.3, 0.5, 0.7)
     """fractions of the channels of every group that are removed."""
-    criteria: tuple[str, ...] = ("attention", "attention_act", "l1", "bn", "taylor", "activation", "random")
-    """criteria to compare (names of ``make_importance``; ``attention_act`` is group attention combined with
-    the relative mean activation, ``make_importance("attention", combine="activation")``)."""
+    criteria: tuple[str, ...] = ("attention", "attention_gate", "attention_act", "attention_odds", "l1", "bn",
+                                 "taylor", "activation", "random")
+    """criteria to compare: names of ``make_importance`` (``attention`` is its default, gate rank + activation
+    rank), and other ways of scoring with the same trained gates: ``attention_gate`` (the mean gate alone),
+    ``attention_act`` (gate x relative activation), ``attention_odds`` (gate odds x activation)."""
     random_seeds: int = 3
     """seeds of the ``random`` criterion."""
+    attention_seeds: tuple[int, ...] = (0,)
+    """training seeds of the group attention (an attention criterion with several is reported as mean±std)."""
     data_root: str = str(ROOT.parent / "shared" / "data")
     """folder holding ``cifar10/`` and ``pretrained/``."""
     adapt_steps: int = 400
@@ -79,6 +83,9 @@ class Args:
     """training batches (of ``batch_size``) for BN recalibration after pruning."""
     val_samples: int = 2000
     """validation samples for every accuracy (class-balanced prefix of the val split)."""
+    select_samples: int = 0
+    """if > 0, the first ``select_samples`` of those validation samples are held apart: accuracies on them
+    are recorded as ``*_select`` (for choosing a design) and the table reports the other ones."""
     attention_steps: int = 300
     """training steps of the group attention."""
     attention_batch: int = 64
@@ -92,6 +99,8 @@ class Args:
     """seed of the fine-tunes and of the attention."""
     out: str | None = None
     """optional JSON file for the results."""
+    merge: tuple[str, ...] = ()
+    """JSON files written by earlier runs (``--out``): print their tables together and run nothing."""
 
 
 def _field_docs(cls: type) -> dict[str, str]:
@@ -108,7 +117,7 @@ def _parse(argv: list[str] | None = None) -> Args:
         flag = "--" + f.name.replace("_", "-")
         help_ = f"{docs.get(f.name, '')} (default: {f.default})"
         if f.type.startswith("tuple"):
-            elem = float if "float" in f.type else str
+            elem = float if "float" in f.type else int if "int" in f.type else str
             p.add_argument(flag, nargs="+", type=elem, default=f.default, help=help_)
         else:
             typ = {"int": int, "float": float}.get(f.type.split(" ")[0], str)
@@ -140,50 +149,73 @@ def adapted_base(name: str, data, a: Args) -> nn.Module:
     return model.eval()
 
 
+ATTENTION_COMBINE = {"attention": "activation_rank", "attention_gate": "none", "attention_act": "activation",
+                     "attention_odds": "activation_odds"}
+
+
+def _val_splits(data, a: Args) -> tuple:
+    """(report split, selection split or None) of the first ``val_samples`` validation samples."""
+    n = min(a.val_samples, len(data.val))
+    if a.select_samples <= 0:
+        return data.val.subset(n), None
+    if a.select_samples >= n:
+        raise SystemExit(f"--select-samples ({a.select_samples}) must be below --val-samples ({n})")
+    return data.val.subset(list(range(a.select_samples, n))), data.val.subset(a.select_samples)
+
+
 def run_model(name: str, data, a: Args) -> list[dict]:
     ex = torch.randn(1, *data.input_shape)
     base = adapted_base(name, data, a)
     graph = ModelGraph(base, ex)
-    base_acc = evaluate(base, data.val, max_samples=a.val_samples, device=a.device)
-    print(f"\n{name}: {len(graph)} groups, base val accuracy {base_acc:.4f} on {a.val_samples} val samples", flush=True)
+    report, select = _val_splits(data, a)
+    base_acc = evaluate(base, report, device=a.device)
+    print(f"\n{name}: {len(graph)} groups, base val accuracy {base_acc:.4f} on {len(report)} val samples", flush=True)
     rows = []
     for crit in a.criteria:
-        seeds = range(a.random_seeds) if crit == "random" else [a.seed]
+        seeds = range(a.random_seeds) if crit == "random" else a.attention_seeds if crit in ATTENTION_COMBINE \
+            else [a.seed]
         for seed in seeds:
             t0 = time.perf_counter()
-            kw = {"steps": a.attention_steps, "batch_size": a.attention_batch} if crit.startswith("attention") else {}
-            if crit == "attention_act":
+            if crit in ATTENTION_COMBINE:
                 imp = make_importance("attention", model=base, graph=graph, data=data, seed=seed,
-                                      combine="activation", **kw)
+                                      combine=ATTENTION_COMBINE[crit], steps=a.attention_steps,
+                                      batch_size=a.attention_batch)
             else:
-                imp = make_importance(crit, model=base, graph=graph, data=data, seed=seed, **kw)
+                imp = make_importance(crit, model=base, graph=graph, data=data, seed=seed)
             scores = graph.scores(imp)
             score_s = time.perf_counter() - t0
             for r in a.ratios:
                 plan = graph.plan_from_ratios([r] * len(graph), scores)
                 pruned = apply_plan(base, plan, ex).to(a.device)
                 recalibrate_bn(pruned, data.train.iter_batches(a.batch_size), num_batches=a.recal_batches)
-                acc0 = evaluate(pruned, data.val, max_samples=a.val_samples)
-                acc1 = float("nan")
+                row = {"model": name, "criterion": crit, "seed": seed, "ratio": r, "base_acc": base_acc,
+                       "score_seconds": round(score_s, 1), "val_samples": len(report)}
+                row["acc_recal"] = evaluate(pruned, report)
+                if select is not None:
+                    row["acc_recal_select"] = evaluate(pruned, select)
+                row["acc_finetuned"] = row["acc_finetuned_select"] = float("nan")
                 if a.finetune_steps > 0:
                     _finetune(pruned, data.train, a.finetune_steps, a.finetune_lr, a.batch_size, a.seed, a.device)
-                    acc1 = evaluate(pruned, data.val, max_samples=a.val_samples)
-                rows.append({"model": name, "criterion": crit, "seed": seed, "ratio": r, "acc_recal": acc0,
-                             "acc_finetuned": acc1, "base_acc": base_acc, "score_seconds": round(score_s, 1)})
-                print(f"  {crit:<10} seed {seed} ratio {r:.1f}: recal {acc0:.4f}  finetuned {acc1:.4f}"
-                      f"  (scoring {score_s:.0f} s)", flush=True)
+                    row["acc_finetuned"] = evaluate(pruned, report)
+                    if select is not None:
+                        row["acc_finetuned_select"] = evaluate(pruned, select)
+                rows.append(row)
+                print(f"  {crit:<14} seed {seed} ratio {r:.1f}: recal {row['acc_recal']:.4f}  finetuned "
+                      f"{row['acc_finetuned']:.4f}  (scoring {score_s:.0f} s)", flush=True)
             del imp
     return rows
 
 
-def table(rows: list[dict], a: Args) -> str:
-    """One block per model: ratio x criterion, ``recal / finetuned`` accuracy in %, random as mean±std."""
+def table(rows: list[dict], a: Args, split: str = "") -> str:
+    """One block per model: ratio x criterion, ``recal / finetuned`` accuracy in %, mean±std over seeds
+    where a criterion has several (``split="_select"``: on the held-apart selection samples)."""
     lines = []
     for name in dict.fromkeys(r["model"] for r in rows):
         mrows = [r for r in rows if r["model"] == name]
         crits = list(dict.fromkeys(r["criterion"] for r in mrows))
-        lines.append(f"\n{name} on CIFAR-10 (JPEG copy), base {100 * mrows[0]['base_acc']:.2f}%, val accuracy %"
-                     f" after BN recalibration / after {a.finetune_steps}-step fine-tune")
+        which = "selection" if split else "reported"
+        lines.append(f"\n{name} on CIFAR-10 (JPEG copy), base {100 * mrows[0]['base_acc']:.2f}%, val accuracy % "
+                     f"({which} samples) after BN recalibration / after {a.finetune_steps}-step fine-tune")
         lines.append("| ratio | " + " | ".join(crits) + " |")
         lines.append("|---|" + "---|" * len(crits))
         for ratio in a.ratios:
@@ -191,8 +223,8 @@ def table(rows: list[dict], a: Args) -> str:
             for c in crits:
                 rs = [r for r in mrows if r["criterion"] == c and r["ratio"] == ratio]
                 parts = []
-                for key in ("acc_recal", "acc_finetuned"):
-                    v = [100 * r[key] for r in rs]
+                for key in ("acc_recal" + split, "acc_finetuned" + split):
+                    v = [100 * r.get(key, float("nan")) for r in rs]
                     if any(math.isnan(x) for x in v):
                         parts.append("-")
                     elif len(v) > 1:
@@ -206,8 +238,17 @@ def table(rows: list[dict], a: Args) -> str:
 
 def main(argv: list[str] | None = None) -> list[dict]:
     a = _parse(argv)
+    if a.merge:
+        runs = [json.loads(Path(f).read_text()) for f in a.merge]
+        rows = [r for run in runs for r in run["rows"]]
+        first = Args(**{k: tuple(v) if isinstance(v, list) else v for k, v in runs[0]["args"].items()
+                        if k in {f.name for f in dataclasses.fields(Args)}})
+        print(table(rows, first))
+        if any("acc_recal_select" in r for r in rows):
+            print(table(rows, first, "_select"))
+        return rows
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    unknown = set(a.criteria) - set(available_importances()) - {"attention_act"}
+    unknown = set(a.criteria) - set(available_importances()) - set(ATTENTION_COMBINE)
     if unknown:
         raise SystemExit(f"unknown criteria {sorted(unknown)}; valid: {available_importances()}")
     torch.set_num_threads(a.threads)
@@ -221,6 +262,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     for name in a.models:
         rows += run_model(name, data, a)
     print(table(rows, a))
+    if a.select_samples > 0:
+        print(table(rows, a, "_select"))
     if a.out:
         meta = {"data": data.source, "data_fingerprint": data.fingerprint, "torch": torch.__version__,
                 "torch_pruning": tp.__version__, "threads": a.threads, "machine": platform.platform(),

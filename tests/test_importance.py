@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from pruning_env.engine import ModelGraph, apply_plan
 from pruning_env.importance import (
     IMPORTANCES,
+    GateStats,
     GroupAttention,
     GroupAttentionImportance,
     SeededRandomImportance,
@@ -115,10 +116,11 @@ def test_attention_ranks_dead_channels_lowest(trained_small, digits):
     stats = train_group_attention(model, graph, digits, steps=60, batch_size=64, calib_samples=256)
     assert stats.meta["final_mean_gate"] < 0.9  # the sparsity pressure moved the gates
     combined = graph.scores(GroupAttentionImportance(stats, combine="activation"))  # gate x activation
+    default = graph.scores(GroupAttentionImportance(stats))  # gate rank + activation rank
     for gi, ch in dead.items():
         name = graph.group(gi).name
         alive = [i for i in range(graph.group(gi).channels) if i not in ch]
-        for s in (stats.mean[name], combined[name]):
+        for s in (stats.mean[name], combined[name], default[name]):
             assert set(torch.argsort(s)[: len(ch)].tolist()) == set(ch), (name, s)
             assert s[ch].max() < s[alive].min()
         assert torch.all(stats.activation[name][ch] == 0)  # dead channels feed exact zeros
@@ -242,3 +244,19 @@ def test_taylor_uses_its_calibration_gradients(trained_small, digits):
     direct = (w * imp._grads[f"{g.name}.weight"]).abs().flatten(1).sum(1)  # the conv's own Taylor term
     assert torch.corrcoef(torch.stack([direct, before[g.name]]))[0, 1] > 0.5
     assert conv.weight.grad is not None  # our gradients were restored, not replaced
+
+
+def test_default_combination_orders_saturated_gates_by_activation():
+    # gates saturated near 1 (as for the channels the attention keeps) carry no order: activation decides;
+    # a channel the attention shuts loses its lead in activation
+    gates = torch.tensor([0.999, 0.999, 0.999, 0.05])
+    act = torch.tensor([0.2, 3.0, 1.0, 5.0])
+    stats = GateStats(mean={"g": gates}, std={"g": torch.zeros(4)}, activation={"g": act}, aliases={"g": "g"})
+    default = GroupAttentionImportance(stats).group_scores("g")
+    # mean of the two ranks in [0, 1]; the three tied gates share the rank (1 + 2 + 3) / 3 / 3 = 2/3
+    assert default.tolist() == pytest.approx([1 / 3, 2 / 3, 1 / 2, 1 / 2])
+    assert torch.argsort(default[:3]).tolist() == [0, 2, 1]
+    assert default[3] < default[1]
+    assert torch.argsort(GroupAttentionImportance(stats, combine="none").group_scores("g")).tolist()[0] == 3
+    odds = GroupAttentionImportance(stats, combine="activation_odds").group_scores("g")
+    assert torch.argsort(odds).tolist() == [3, 0, 2, 1]  # log-odds of the gate + log activation

@@ -9,7 +9,8 @@ name           criterion
                on gradients accumulated over calibration batches by :meth:`CalibratedTaylorImportance.calibrate`
 ``random``     uniform random scores, reproducible per (seed, group)
 ``activation`` mean |input| a channel feeds to the layers consuming it, over calibration batches
-``attention``  group attention (:mod:`pruning_env.importance.attention`), the default
+``attention``  group attention (:mod:`pruning_env.importance.attention`), the default: rank by trained
+               gate averaged with rank by mean activation (``combine=`` picks another way)
 =============  ===================================================================================
 
 Higher scores mean more important; :func:`make_importance` builds any of them by name.
