@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import copy
 import inspect
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -143,6 +144,12 @@ class SB3Agent:
         self.env = env
         kwargs = _sb3_kwargs(episodes_to_steps(hyperparams, episode_length(env)), env.action_space)
         kwargs.setdefault("device", "cpu")  # small MLPs: the GPU only adds transfer time
+        if (issubclass(self.algo_class, OffPolicyAlgorithm) and isinstance(env.observation_space, gym.spaces.Dict)
+                and kwargs.get("n_steps", 1) > 1):
+            warnings.warn(f"{self.algo_class.__name__}: SB3 has no n-step returns for Dict observations; "
+                          f"using 1-step targets instead of n_steps={kwargs['n_steps']} (flat observations keep them)",
+                          stacklevel=2)
+            kwargs["n_steps"] = 1
         self.model = self.algo_class(policy, env, seed=seed, tensorboard_log=tensorboard_log, verbose=verbose,
                                      **kwargs)
 
@@ -190,7 +197,9 @@ class SB3Agent:
         """Load the zip (and the replay buffer beside it, if any); ``kwargs`` go to SB3's ``load``."""
         path = Path(path)
         kwargs.setdefault("device", "cpu")
-        model = cls.algo_class.load(path, env=env, **kwargs)
+        with warnings.catch_warnings():  # the saved NStepReplayBuffer and its n_steps kwargs are restored as saved
+            warnings.filterwarnings("ignore", message=r"`n_steps=\d+` is ignored because a custom `replay_buffer")
+            model = cls.algo_class.load(path, env=env, **kwargs)
         agent = cls._wrap(model, env)
         replay = agent._replay_path(path if path.suffix == ".zip" else path.with_name(path.name + ".zip"))
         if isinstance(model, OffPolicyAlgorithm) and replay.exists():

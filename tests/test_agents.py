@@ -11,6 +11,7 @@ import gymnasium as gym
 import numpy as np
 import pandas as pd
 import pytest
+from stable_baselines3.common.buffers import NStepReplayBuffer
 
 import pruning_env  # noqa: F401  (registers the environments)
 from agents import Agent, EpisodicAgent, available_agents, make_agent, register_agent
@@ -76,6 +77,30 @@ def test_hyperparams_are_keyed_by_env_id_and_converted_from_episodes(env):
     assert ppo.model.n_steps == 8 * n and ppo.model.batch_size == 2 * n and ppo.model.gamma == 1.0
     td3 = make_agent("td3", env, seed=0)
     assert td3.model.learning_starts == 10 * n and td3.model.action_noise is not None
+
+
+def test_ddpg_default_learns_from_whole_episode_returns(env):
+    # n-step returns spanning the episode: every stored transition's target reward is its episode's
+    # terminal reward (gamma 1, no step rewards), with no bootstrap from the critic
+    n = env.unwrapped.n_groups
+    ddpg = make_agent("ddpg", env, seed=0, hyperparams={"learning_starts_in_episodes": 5})
+    assert ddpg.model.n_steps == n and isinstance(ddpg.model.replay_buffer, NStepReplayBuffer)
+    infos = _collect(ddpg, 2)
+    batch = ddpg.model.replay_buffer.sample(64)
+    episode_rewards = np.array([i["reward"] for i in infos])
+    got = batch.rewards.numpy().ravel()
+    assert np.all(np.min(np.abs(got[:, None] - episode_rewards[None, :]), axis=1) < 1e-5)
+    assert np.all(batch.dones.numpy() == 1)  # the episode's end is always within the n steps
+
+
+def test_ddpg_falls_back_to_one_step_targets_for_dict_observations():
+    dict_env = gym.make(ENV_ID, observation_mode="dict")
+    try:
+        with pytest.warns(UserWarning, match="no n-step returns for Dict observations"):
+            ddpg = make_agent("ddpg", dict_env, seed=0, policy="MultiInputPolicy")
+        assert ddpg.model.n_steps == 1 and not isinstance(ddpg.model.replay_buffer, NStepReplayBuffer)
+    finally:
+        dict_env.close()
 
 
 # -- AMC preset ------------------------------------------------------------------------------------------
