@@ -1,0 +1,43 @@
+"""The channel-criteria benchmark on the offline CIFAR-10 copy: held-apart selection samples, seeds, merging."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from benchmarks import criteria
+from pruning_env.data import load_dataset
+
+
+def test_selection_samples_are_held_apart_from_the_reported_ones(shared_data):
+    data = load_dataset("cifar10", data_root=shared_data)
+    report, select = criteria._val_splits(data, criteria.Args(val_samples=300, select_samples=100))
+    assert len(select) == 100 and len(report) == 200
+    assert torch.equal(select.x, data.val.x[:100]) and torch.equal(report.x, data.val.x[100:300])
+    report_only, none = criteria._val_splits(data, criteria.Args(val_samples=300))
+    assert none is None and torch.equal(report_only.x, data.val.x[:300])
+
+
+def test_criteria_benchmark_writes_rows_and_merges_runs(shared_data, tmp_path, capsys):
+    common = ["--models", "resnet20", "--ratios", "0.5", "--val-samples", "300", "--select-samples", "100",
+              "--finetune-steps", "0", "--adapt-steps", "0", "--recal-batches", "2", "--data-root", str(shared_data)]
+    rows_a = criteria.main(common + ["--criteria", "l1", "random", "--random-seeds", "2",
+                                     "--out", str(tmp_path / "a.json")])
+    rows_b = criteria.main(common + ["--criteria", "activation", "--out", str(tmp_path / "b.json")])
+    assert [(r["criterion"], r["seed"]) for r in rows_a] == [("l1", 0), ("random", 0), ("random", 1)]
+    for r in rows_a + rows_b:
+        assert r["val_samples"] == 200 and 0.0 <= r["acc_recal"] <= 1.0 and 0.0 <= r["acc_recal_select"] <= 1.0
+    # the published ResNet-20 keeps far more than chance at 50% with a data criterion, random far less
+    assert rows_b[0]["acc_recal"] > max(r["acc_recal"] for r in rows_a if r["criterion"] == "random")
+    saved = json.loads((tmp_path / "a.json").read_text())
+    assert saved["args"]["select_samples"] == 100 and len(saved["rows"]) == 3
+    capsys.readouterr()
+    merged = criteria.main(["--merge", str(tmp_path / "a.json"), str(tmp_path / "b.json")])
+    out = capsys.readouterr().out
+    assert len(merged) == 4
+    assert "(reported samples)" in out and "(selection samples)" in out
+    assert "| l1 | random | activation |" in out and "±" in out  # random: mean ± std over its 2 seeds
+    with pytest.raises(SystemExit, match="must be below"):
+        criteria.main(common[:-2] + ["--select-samples", "300", "--criteria", "l1", "--data-root", str(shared_data)])
