@@ -76,7 +76,7 @@ def test_hyperparams_are_keyed_by_env_id_and_converted_from_episodes(env):
     ppo = make_agent("ppo", env, seed=0)
     assert ppo.model.n_steps == 8 * n and ppo.model.batch_size == 2 * n and ppo.model.gamma == 1.0
     td3 = make_agent("td3", env, seed=0)
-    assert td3.model.learning_starts == 10 * n and td3.model.action_noise is not None
+    assert td3.model.learning_starts == 10 * n and td3.model.action_noise is not None and td3.model.n_steps == n
 
 
 def test_ddpg_default_learns_from_whole_episode_returns(env):
