@@ -96,7 +96,7 @@ class Args:
     """device of adaptation, fine-tunes, BN recalibration and evaluation (``cuda`` on a GPU machine);
     scoring and surgery run on the CPU."""
     seed: int = 0
-    """seed of the fine-tunes and of the attention."""
+    """seed of the fine-tunes (the attention's seeds are ``attention_seeds``)."""
     out: str | None = None
     """optional JSON file for the results."""
     merge: tuple[str, ...] = ()
@@ -248,9 +248,12 @@ def main(argv: list[str] | None = None) -> list[dict]:
             print(table(rows, first, "_select"))
         return rows
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    unknown = set(a.criteria) - set(available_importances()) - set(ATTENTION_COMBINE)
+    valid = list(dict.fromkeys([*available_importances(), *ATTENTION_COMBINE]))
+    unknown = set(a.criteria) - set(valid)
     if unknown:
-        raise SystemExit(f"unknown criteria {sorted(unknown)}; valid: {available_importances()}")
+        raise SystemExit(f"unknown criteria {sorted(unknown)}; valid: {valid}")
+    if a.select_samples >= a.val_samples:  # before minutes of loading, adapting and scoring
+        raise SystemExit(f"--select-samples ({a.select_samples}) must be below --val-samples ({a.val_samples})")
     torch.set_num_threads(a.threads)
     random.seed(a.seed)
     np.random.seed(a.seed)
