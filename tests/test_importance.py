@@ -124,6 +124,10 @@ def test_attention_ranks_dead_channels_lowest(trained_small, digits):
             assert set(torch.argsort(s)[: len(ch)].tolist()) == set(ch), (name, s)
             assert s[ch].max() < s[alive].min()
         assert torch.all(stats.activation[name][ch] == 0)  # dead channels feed exact zeros
+    # the activation the default combines with is the activation criterion's own score, channel for channel
+    activation = graph.scores(make_importance("activation", model=model, graph=graph, data=digits))
+    for g in graph.groups:
+        torch.testing.assert_close(stats.activation[g.name], activation[g.name])
 
 
 def _forced_gates(att: GroupAttention, keep: dict[int, list[int]]) -> None:
