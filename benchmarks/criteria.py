@@ -90,6 +90,8 @@ class Args:
     """training steps of the group attention."""
     attention_batch: int = 64
     """batch size of the group attention training."""
+    attention_sparsity: float = 2.0
+    """weight of the mean gate in the attention's training loss (``sparsity`` of ``train_group_attention``)."""
     threads: int = 1
     """torch threads (1 is fastest on a shared 2-core machine)."""
     device: str = "cpu"
@@ -179,7 +181,7 @@ def run_model(name: str, data, a: Args) -> list[dict]:
             if crit in ATTENTION_COMBINE:
                 imp = make_importance("attention", model=base, graph=graph, data=data, seed=seed,
                                       combine=ATTENTION_COMBINE[crit], steps=a.attention_steps,
-                                      batch_size=a.attention_batch)
+                                      batch_size=a.attention_batch, sparsity=a.attention_sparsity)
             else:
                 imp = make_importance(crit, model=base, graph=graph, data=data, seed=seed)
             scores = graph.scores(imp)

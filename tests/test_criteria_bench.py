@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 
 import pytest
@@ -9,6 +10,7 @@ import torch
 
 from benchmarks import criteria
 from pruning_env.data import load_dataset
+from pruning_env.importance import train_group_attention
 
 
 def test_selection_samples_are_held_apart_from_the_reported_ones(shared_data):
@@ -41,3 +43,9 @@ def test_criteria_benchmark_writes_rows_and_merges_runs(shared_data, tmp_path, c
     assert "| l1 | random | activation |" in out and "±" in out  # random: mean ± std over its 2 seeds
     with pytest.raises(SystemExit, match="must be below"):
         criteria.main(common[:-2] + ["--select-samples", "300", "--criteria", "l1", "--data-root", str(shared_data)])
+
+
+def test_attention_sparsity_option_defaults_to_the_training_default():
+    default = inspect.signature(train_group_attention).parameters["sparsity"].default
+    assert criteria.Args().attention_sparsity == default  # the benchmark measures the shipped default
+    assert criteria._parse(["--attention-sparsity", "1.0"]).attention_sparsity == 1.0
