@@ -511,10 +511,10 @@ class GroupAttentionImportance(tp.importance.Importance):
 
     ``combine="activation_rank"`` (default): the mean of the channel's rank by mean gate and its
     rank by the ``activation`` criterion (the mean ``|input|`` it feeds its consumers, eval mode),
-    within the group (in ``[0, 1]``). The gates
-    of channels the attention keeps saturate near 1 (every channel of a residual stream, the top
-    half of most blocks), so their order is noise; the activation rank orders them, and the gate
-    rank keeps what the attention learned about the channels it would drop.
+    within the group (in ``[0, 1]``). The gates of channels the attention keeps saturate near 1
+    (every channel of a residual stream, the top half of most blocks), so their order is noise; the
+    activation rank orders them, and the gate rank keeps what the attention learned about the
+    channels it would drop.
     ``combine="none"``: the mean gate of the channel over calibration data.
     ``combine="activation"``: the mean gate times the mean ``|input|`` relative to the group's mean.
     ``combine="activation_odds"``: the gate's odds ``g / (1 - g)`` times the mean ``|input|``.
