@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import copy
 import dataclasses
 import inspect
 import json
@@ -97,8 +98,9 @@ class Args:
     device: str = "cpu"
     """device of adaptation, fine-tunes, BN recalibration and evaluation (``cuda`` on a GPU machine);
     scoring and surgery run on the CPU."""
-    seed: int = 0
-    """seed of the fine-tunes (the attention's seeds are ``attention_seeds``)."""
+    finetune_seeds: tuple[int, ...] = (0,)
+    """seeds of the fine-tune: every pruned model is fine-tuned once per seed from the same recalibrated
+    weights (one row each; the table reports mean±std over criterion and fine-tune seeds)."""
     out: str | None = None
     """optional JSON file for the results."""
     merge: tuple[str, ...] = ()
@@ -175,7 +177,7 @@ def run_model(name: str, data, a: Args) -> list[dict]:
     rows = []
     for crit in a.criteria:
         seeds = range(a.random_seeds) if crit == "random" else a.attention_seeds if crit in ATTENTION_COMBINE \
-            else [a.seed]
+            else [0]
         for seed in seeds:
             t0 = time.perf_counter()
             if crit in ATTENTION_COMBINE:
@@ -196,21 +198,25 @@ def run_model(name: str, data, a: Args) -> list[dict]:
                 if select is not None:
                     row["acc_recal_select"] = evaluate(pruned, select)
                 row["acc_finetuned"] = row["acc_finetuned_select"] = float("nan")
-                if a.finetune_steps > 0:
-                    _finetune(pruned, data.train, a.finetune_steps, a.finetune_lr, a.batch_size, a.seed, a.device)
-                    row["acc_finetuned"] = evaluate(pruned, report)
-                    if select is not None:
-                        row["acc_finetuned_select"] = evaluate(pruned, select)
-                rows.append(row)
-                print(f"  {crit:<14} seed {seed} ratio {r:.1f}: recal {row['acc_recal']:.4f}  finetuned "
-                      f"{row['acc_finetuned']:.4f}  (scoring {score_s:.0f} s)", flush=True)
+                for ft_seed in a.finetune_seeds if a.finetune_steps > 0 else a.finetune_seeds[:1]:
+                    row = {**row, "finetune_seed": ft_seed}
+                    if a.finetune_steps > 0:
+                        tuned = _finetune(copy.deepcopy(pruned), data.train, a.finetune_steps, a.finetune_lr,
+                                          a.batch_size, ft_seed, a.device)
+                        row["acc_finetuned"] = evaluate(tuned, report)
+                        if select is not None:
+                            row["acc_finetuned_select"] = evaluate(tuned, select)
+                    rows.append(row)
+                    print(f"  {crit:<14} seed {seed} ratio {r:.1f}: recal {row['acc_recal']:.4f}  finetuned "
+                          f"{row['acc_finetuned']:.4f} (fine-tune seed {ft_seed}; scoring {score_s:.0f} s)", flush=True)
             del imp
     return rows
 
 
 def table(rows: list[dict], a: Args, split: str = "") -> str:
     """One block per model: ratio x criterion, ``recal / finetuned`` accuracy in %, mean±std over seeds
-    where a criterion has several (``split="_select"``: on the held-apart selection samples)."""
+    where a criterion has several: recalibration over the criterion's seeds, fine-tuned over criterion and
+    fine-tune seeds (``split="_select"``: on the held-apart selection samples)."""
     lines = []
     for name in dict.fromkeys(r["model"] for r in rows):
         mrows = [r for r in rows if r["model"] == name]
@@ -224,9 +230,10 @@ def table(rows: list[dict], a: Args, split: str = "") -> str:
             cells = []
             for c in crits:
                 rs = [r for r in mrows if r["criterion"] == c and r["ratio"] == ratio]
+                once = list({r["seed"]: r for r in reversed(rs)}.values())  # recalibration: once per criterion seed
                 parts = []
-                for key in ("acc_recal" + split, "acc_finetuned" + split):
-                    v = [100 * r.get(key, float("nan")) for r in rs]
+                for key, kept in (("acc_recal" + split, once), ("acc_finetuned" + split, rs)):
+                    v = [100 * r.get(key, float("nan")) for r in kept]
                     if any(math.isnan(x) for x in v):
                         parts.append("-")
                     elif len(v) > 1:
@@ -242,7 +249,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     a = _parse(argv)
     if a.merge:
         runs = [json.loads(Path(f).read_text()) for f in a.merge]
-        rows = [r for run in runs for r in run["rows"]]
+        # rows written before --finetune-seeds: one fine-tune, seeded by the then ``--seed``
+        rows = [{"finetune_seed": run["args"].get("seed", 0), **r} for run in runs for r in run["rows"]]
         first = Args(**{k: tuple(v) if isinstance(v, list) else v for k, v in runs[0]["args"].items()
                         if k in {f.name for f in dataclasses.fields(Args)}})
         print(table(rows, first))
@@ -257,9 +265,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
     if a.select_samples >= a.val_samples:  # before minutes of loading, adapting and scoring
         raise SystemExit(f"--select-samples ({a.select_samples}) must be below --val-samples ({a.val_samples})")
     torch.set_num_threads(a.threads)
-    random.seed(a.seed)
-    np.random.seed(a.seed)
-    torch.manual_seed(a.seed)
+    random.seed(0)
+    np.random.seed(0)
+    torch.manual_seed(0)
     data = load_dataset("cifar10", data_root=a.data_root, download=False)
     print(f"data: {data.source}; train {len(data.train)}, val {len(data.val)}; torch {torch.__version__}, "
           f"{a.threads} thread(s), {platform.processor() or platform.machine()}", flush=True)

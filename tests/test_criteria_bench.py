@@ -27,8 +27,13 @@ def test_criteria_benchmark_writes_rows_and_merges_runs(shared_data, tmp_path, c
               "--finetune-steps", "0", "--adapt-steps", "0", "--recal-batches", "2", "--data-root", str(shared_data)]
     rows_a = criteria.main(common + ["--criteria", "l1", "random", "--random-seeds", "2",
                                      "--out", str(tmp_path / "a.json")])
-    rows_b = criteria.main(common + ["--criteria", "activation", "--out", str(tmp_path / "b.json")])
+    tuned = [*common]
+    tuned[tuned.index("--finetune-steps") + 1] = "2"  # a 2-step fine-tune, twice: seeds 0 and 1
+    rows_b = criteria.main(tuned + ["--criteria", "activation", "--finetune-seeds", "0", "1",
+                                    "--out", str(tmp_path / "b.json")])
     assert [(r["criterion"], r["seed"]) for r in rows_a] == [("l1", 0), ("random", 0), ("random", 1)]
+    assert [r["finetune_seed"] for r in rows_b] == [0, 1] and rows_b[0]["acc_recal"] == rows_b[1]["acc_recal"]
+    assert all(0.0 <= r["acc_finetuned"] <= 1.0 for r in rows_b)
     for r in rows_a + rows_b:
         assert r["val_samples"] == 200 and 0.0 <= r["acc_recal"] <= 1.0 and 0.0 <= r["acc_recal_select"] <= 1.0
     # the published ResNet-20 keeps far more than chance at 50% with a data criterion, random far less
@@ -38,9 +43,13 @@ def test_criteria_benchmark_writes_rows_and_merges_runs(shared_data, tmp_path, c
     capsys.readouterr()
     merged = criteria.main(["--merge", str(tmp_path / "a.json"), str(tmp_path / "b.json")])
     out = capsys.readouterr().out
-    assert len(merged) == 4
+    assert len(merged) == 5
     assert "(reported samples)" in out and "(selection samples)" in out
-    assert "| l1 | random | activation |" in out and "±" in out  # random: mean ± std over its 2 seeds
+    assert "| l1 | random | activation |" in out
+    cells = out.split("(reported samples)")[1].splitlines()[3].split(" | ")
+    assert "±" in cells[2].split(" / ")[0]  # random: mean ± std of the recalibrated accuracy over its 2 seeds
+    recal, finetuned = cells[3].rstrip(" |").split(" / ")  # activation: one recalibration, 2 fine-tunes
+    assert "±" not in recal and "±" in finetuned
     with pytest.raises(SystemExit, match="must be below"):
         criteria.main(common[:-2] + ["--select-samples", "300", "--criteria", "l1", "--data-root", str(shared_data)])
 
