@@ -90,7 +90,7 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-ATTENTION_VERSION = 3  # bump when training or scoring changes: it changes every cache key
+ATTENTION_VERSION = 3  # bump when training or the cached GateStats change (a new `combine` reads the same stats)
 
 
 # -- data helpers (shared with classic.py and profiling.py) -------------------------------------
