@@ -154,7 +154,7 @@ def adapted_base(name: str, data, a: Args) -> nn.Module:
 
 
 ATTENTION_COMBINE = {"attention": "activation_rank", "attention_gate": "none", "attention_act": "activation",
-                     "attention_odds": "activation_odds"}
+                     "attention_odds": "activation_odds", "attention_consensus": "consensus"}
 
 
 def _val_splits(data, a: Args) -> tuple:

@@ -264,3 +264,39 @@ def test_default_combination_orders_saturated_gates_by_activation():
     assert torch.argsort(GroupAttentionImportance(stats, combine="none").group_scores("g")).tolist()[0] == 3
     odds = GroupAttentionImportance(stats, combine="activation_odds").group_scores("g")
     assert torch.argsort(odds).tolist() == [3, 0, 2, 1]  # log-odds of the gate + log activation
+
+
+def test_consensus_order_removes_the_agreed_channels_first_then_follows_gate_and_activation():
+    # ranks 0..9 by gate and activation, L1 ranks reversed except for channels 4-9
+    gate = torch.arange(10.0) / 10
+    act = torch.arange(10.0) + 1
+    l1 = torch.tensor([9.0, 8, 7, 6, 0, 1, 2, 3, 4, 5])
+    pos = attention.consensus_order(gate, act, l1, share=0.3)  # removals 0..3 start with <= 30 % of 10 gone
+    order = torch.argsort(pos).tolist()
+    # mean of the three ranks: ch 4 (4+4+0), 0 (9), 1 (10), then 2 and 5 tie (11): the gate+activation rank breaks it
+    assert order[:4] == [4, 0, 1, 2]
+    assert order[4:] == [3, 5, 6, 7, 8, 9]  # then by gate + activation rank alone
+    assert sorted(pos.tolist()) == pytest.approx([i / 9 for i in range(10)])
+    # without the L1 consensus the first four would be 0..3: channel 4 is kept at 30 % by activation_rank
+    stats = GateStats(mean={"g": gate}, std={"g": torch.zeros(10)}, activation={"g": act}, aliases={"g": "g"})
+    assert torch.argsort(GroupAttentionImportance(stats).group_scores("g")).tolist()[:4] == [0, 1, 2, 3]
+    # share 0: only the first removal (made with nothing gone yet) is the consensus one
+    assert torch.argsort(attention.consensus_order(gate, act, l1, share=0.0)).tolist() == [4, 0, 1, 2, 3, 5, 6, 7, 8, 9]
+    assert torch.argsort(attention.consensus_order(gate, act, l1, share=0.1)).tolist()[:3] == [4, 0, 1]
+    with pytest.raises(ValueError, match="needs the group's weights"):
+        GroupAttentionImportance(stats, combine="consensus").group_scores("g")
+
+
+def test_consensus_scores_real_groups_with_the_l1_criterion_and_nests_the_ratios(trained_small, digits):
+    model = copy.deepcopy(trained_small)
+    graph = ModelGraph(model, EX)
+    stats = train_group_attention(model, graph, digits, **FAST_ATTENTION)
+    scores = _check_scores(graph, GroupAttentionImportance(stats, combine="consensus"))
+    l1 = graph.scores(make_importance("l1"))
+    for g in graph.groups:
+        expected = attention.consensus_order(stats.mean[g.name], stats.activation[g.name], l1[g.name])
+        assert torch.equal(scores[g.name], expected), g.name
+    kept = {r: graph.plan_from_ratios([r] * len(graph), scores) for r in (0.3, 0.5, 0.7)}
+    for g in graph.groups:  # every ratio keeps a subset of what a smaller ratio keeps
+        k3, k5, k7 = (set(kept[r].keep[g.name]) for r in (0.3, 0.5, 0.7))
+        assert k7 <= k5 <= k3, g.name

@@ -495,7 +495,8 @@ def _gate_statistics(model, att: GroupAttention, ds, calib_samples: int):
 
 
 # -- the importance ----------------------------------------------------------------------------
-COMBINE = ("none", "activation", "activation_odds", "activation_rank")
+COMBINE = ("none", "activation", "activation_odds", "activation_rank", "consensus")
+CONSENSUS_SHARE = 0.3  # share of a group's channels removed in the consensus order first (``combine="consensus"``)
 
 
 def _ranks(t: torch.Tensor) -> torch.Tensor:
@@ -504,6 +505,37 @@ def _ranks(t: torch.Tensor) -> torch.Tensor:
     first = torch.cumsum(counts, 0) - counts
     r = (first + (counts - 1) / 2.0)[inverse].to(torch.float32)
     return r / max(1, t.numel() - 1)
+
+
+def _lex_order(primary: torch.Tensor, secondary: torch.Tensor) -> torch.Tensor:
+    """Indices sorted by ``primary``, ties by ``secondary``, then by index (ascending)."""
+    o = torch.argsort(secondary, stable=True)
+    return o[torch.argsort(primary[o], stable=True)]
+
+
+def consensus_order(
+    gate: torch.Tensor, act: torch.Tensor, l1: torch.Tensor, share: float = CONSENSUS_SHARE
+) -> torch.Tensor:
+    """Removal position of every channel of a group, scaled to ``[0, 1]`` (0 = removed first).
+
+    Channels are removed one at a time. A removal made while at most ``share`` of the group is
+    gone takes the channel with the lowest mean of its gate, activation and L1 ranks (where all
+    three agree a channel is unimportant; ties go by the next rule); later removals take the lowest
+    mean of gate and activation ranks. The order is nested: every ratio's set of removed channels
+    contains every smaller ratio's.
+    """
+    c = gate.numel()
+    late = (_ranks(gate) + _ranks(act)) / 2
+    early = (_ranks(gate) + _ranks(act) + _ranks(l1)) / 3
+    k = sum(1 for j in range(c) if j / c <= share)  # removal j starts with j of c channels gone
+    first = _lex_order(early, late)[:k]
+    rest = torch.ones(c, dtype=torch.bool)
+    rest[first] = False
+    rest_idx = rest.nonzero().flatten()
+    order = torch.cat([first, rest_idx[_lex_order(late[rest_idx], torch.zeros(len(rest_idx)))]])
+    pos = torch.empty(c, dtype=torch.float32)
+    pos[order] = torch.arange(c, dtype=torch.float32)
+    return pos / max(1, c - 1)
 
 
 class GroupAttentionImportance(tp.importance.Importance):
@@ -518,6 +550,9 @@ class GroupAttentionImportance(tp.importance.Importance):
     ``combine="none"``: the mean gate of the channel over calibration data.
     ``combine="activation"``: the mean gate times the mean ``|input|`` relative to the group's mean.
     ``combine="activation_odds"``: the gate's odds ``g / (1 - g)`` times the mean ``|input|``.
+    ``combine="consensus"``: the removal order of :func:`consensus_order`: the first 30 % of a
+    group's channels go where the gate, activation and ``l1`` (weight magnitude) ranks agree, the
+    rest in the ``activation_rank`` order. Needs the group's weights, so only through ``__call__``.
     See the module docstring for how they compare.
 
     Looks a group up by its root module's name (Torch-Pruning records it on the dependency
@@ -538,16 +573,25 @@ class GroupAttentionImportance(tp.importance.Importance):
         self.stats = stats
         self.combine = combine
         self._names = {m: n for n, m in model.named_modules()} if model is not None else {}
+        self._l1 = tp.importance.GroupMagnitudeImportance(p=1)  # the ``l1`` criterion (``consensus``)
 
-    def group_scores(self, name: str) -> torch.Tensor:
-        """Scores of every channel of the group ``name`` (a group name or any of its out-layers)."""
+    def _key(self, name: str) -> str:
         key = self.stats.aliases.get(name, name)
         if key not in self.stats.mean:
             raise KeyError(
                 f"no attention scores for layer {name!r}; scored groups: {sorted(self.stats.mean)[:8]}... "
                 "Train the attention on this architecture (GroupAttentionImportance.fit)."
             )
+        return key
+
+    def group_scores(self, name: str) -> torch.Tensor:
+        """Scores of every channel of the group ``name`` (a group name or any of its out-layers)."""
+        key = self._key(name)
         s = self.stats.mean[key]
+        if self.combine == "consensus":
+            raise ValueError(
+                "combine='consensus' needs the group's weights: call the importance on a torch_pruning group"
+            )
         if self.combine == "none":
             return s
         act = self.stats.activation[key].clamp_min(1e-12)
@@ -562,7 +606,12 @@ class GroupAttentionImportance(tp.importance.Importance):
     def __call__(self, group: tp.Group) -> torch.Tensor:
         dep, idxs = group[0]
         name = dep.target._name or self._names.get(dep.target.module)
-        return self.group_scores(name)[torch.as_tensor(list(idxs), dtype=torch.long)].clone()
+        idx = torch.as_tensor(list(idxs), dtype=torch.long)
+        if self.combine == "consensus":
+            key = self._key(name)
+            l1 = self._l1(group).detach().float().cpu()
+            return consensus_order(self.stats.mean[key][idx], self.stats.activation[key][idx], l1)
+        return self.group_scores(name)[idx].clone()
 
     @classmethod
     def fit(
