@@ -16,6 +16,8 @@ adaptation takes 13 and every pruned fine-tune about 3)::
     python -m benchmarks.criteria --models resnet20 --finetune-steps 100 --val-samples 2000
 
 ``--criteria``, ``--ratios``, ``--random-seeds 1`` and ``--finetune-steps 0`` make it shorter.
+With ``--out``, every row is written as soon as it is measured; run the same command again after a
+stop and it measures only the missing rows (it refuses an ``--out`` measured with other settings).
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ import math
 import platform
 import random
 import statistics
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -126,6 +129,9 @@ def _parse(argv: list[str] | None = None) -> Args:
         else:
             typ = {"int": int, "float": float}.get(f.type.split(" ")[0], str)
             p.add_argument(flag, type=typ, default=f.default, help=help_)
+    if any(t == "--seed" or t.startswith("--seed=") for t in (sys.argv[1:] if argv is None else argv)):
+        p.error("--seed was replaced by --finetune-seeds (seeds of the fine-tune) and --attention-seeds "
+                "(training seeds of the attention); random has --random-seeds")
     ns = p.parse_args(argv)
     return Args(**{k: tuple(v) if isinstance(v, list) else v for k, v in vars(ns).items()})
 
@@ -167,7 +173,37 @@ def _val_splits(data, a: Args) -> tuple:
     return data.val.subset(list(range(a.select_samples, n))), data.val.subset(a.select_samples)
 
 
-def run_model(name: str, data, a: Args) -> list[dict]:
+def _row_key(r: dict) -> tuple:
+    return r["model"], r["criterion"], r["seed"], r["ratio"], r.get("finetune_seed", 0)
+
+
+# settings that choose which rows a run makes, not what a row measures: a run may resume with others
+_SELECTION_ARGS = {"models", "criteria", "ratios", "random_seeds", "attention_seeds", "finetune_seeds", "threads",
+                   "out", "merge"}
+
+
+def _previous_rows(a: Args) -> list[dict]:
+    """Rows of an unfinished or earlier run in ``--out`` with the same measuring settings (else exit)."""
+    if not a.out or not Path(a.out).exists():
+        return []
+    try:
+        run = json.loads(Path(a.out).read_text())
+        old, rows = run["args"], run["rows"]
+    except (ValueError, KeyError, TypeError) as e:
+        raise SystemExit(f"--out {a.out} exists but is not a results file of this benchmark ({e}): "
+                         "pass another --out or move it away") from None
+    new = dataclasses.asdict(a)
+    differ = [k for k in new if k not in _SELECTION_ARGS and json.dumps(old.get(k)) != json.dumps(new[k])]
+    if differ:
+        flags = ", ".join(f"--{k.replace('_', '-')} {old.get(k)!r} -> {new[k]!r}" for k in differ)
+        raise SystemExit(f"--out {a.out} holds rows measured with other settings ({flags}): "
+                         "pass another --out, or delete it to start over")
+    return rows
+
+
+def run_model(name: str, data, a: Args, done: dict | None = None, emit=None) -> list[dict]:
+    """Rows of one model; rows whose key is in ``done`` are skipped, every new row goes to ``emit``."""
+    done = done or {}
     ex = torch.randn(1, *data.input_shape)
     base = adapted_base(name, data, a)
     graph = ModelGraph(base, ex)
@@ -175,10 +211,15 @@ def run_model(name: str, data, a: Args) -> list[dict]:
     base_acc = evaluate(base, report, device=a.device)
     print(f"\n{name}: {len(graph)} groups, base val accuracy {base_acc:.4f} on {len(report)} val samples", flush=True)
     rows = []
+    ft_seeds = a.finetune_seeds if a.finetune_steps > 0 else a.finetune_seeds[:1]
     for crit in a.criteria:
         seeds = range(a.random_seeds) if crit == "random" else a.attention_seeds if crit in ATTENTION_COMBINE \
             else [0]
         for seed in seeds:
+            todo = {r: [f for f in ft_seeds if (name, crit, seed, r, f) not in done] for r in a.ratios}
+            if not any(todo.values()):
+                print(f"  {crit:<14} seed {seed}: every row is in {a.out} already", flush=True)
+                continue
             t0 = time.perf_counter()
             if crit in ATTENTION_COMBINE:
                 imp = make_importance("attention", model=base, graph=graph, data=data, seed=seed,
@@ -189,6 +230,8 @@ def run_model(name: str, data, a: Args) -> list[dict]:
             scores = graph.scores(imp)
             score_s = time.perf_counter() - t0
             for r in a.ratios:
+                if not todo[r]:
+                    continue
                 plan = graph.plan_from_ratios([r] * len(graph), scores)
                 pruned = apply_plan(base, plan, ex).to(a.device)
                 recalibrate_bn(pruned, data.train.iter_batches(a.batch_size), num_batches=a.recal_batches)
@@ -198,7 +241,7 @@ def run_model(name: str, data, a: Args) -> list[dict]:
                 if select is not None:
                     row["acc_recal_select"] = evaluate(pruned, select)
                 row["acc_finetuned"] = row["acc_finetuned_select"] = float("nan")
-                for ft_seed in a.finetune_seeds if a.finetune_steps > 0 else a.finetune_seeds[:1]:
+                for ft_seed in todo[r]:
                     row = {**row, "finetune_seed": ft_seed}
                     if a.finetune_steps > 0:
                         tuned = _finetune(copy.deepcopy(pruned), data.train, a.finetune_steps, a.finetune_lr,
@@ -207,6 +250,8 @@ def run_model(name: str, data, a: Args) -> list[dict]:
                         if select is not None:
                             row["acc_finetuned_select"] = evaluate(tuned, select)
                     rows.append(row)
+                    if emit is not None:
+                        emit(row)
                     print(f"  {crit:<14} seed {seed} ratio {r:.1f}: recal {row['acc_recal']:.4f}  finetuned "
                           f"{row['acc_finetuned']:.4f} (fine-tune seed {ft_seed}; scoring {score_s:.0f} s)", flush=True)
             del imp
@@ -264,6 +309,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         raise SystemExit(f"unknown criteria {sorted(unknown)}; valid: {valid}")
     if a.select_samples >= a.val_samples:  # before minutes of loading, adapting and scoring
         raise SystemExit(f"--select-samples ({a.select_samples}) must be below --val-samples ({a.val_samples})")
+    rows = _previous_rows(a)  # before minutes of loading, too
     torch.set_num_threads(a.threads)
     random.seed(0)
     np.random.seed(0)
@@ -271,18 +317,26 @@ def main(argv: list[str] | None = None) -> list[dict]:
     data = load_dataset("cifar10", data_root=a.data_root, download=False)
     print(f"data: {data.source}; train {len(data.train)}, val {len(data.val)}; torch {torch.__version__}, "
           f"{a.threads} thread(s), {platform.processor() or platform.machine()}", flush=True)
-    rows = []
+    meta = {"data": data.source, "data_fingerprint": data.fingerprint, "torch": torch.__version__,
+            "torch_pruning": tp.__version__, "threads": a.threads, "machine": platform.platform(),
+            "processor": platform.processor() or platform.machine(), "time": time.strftime("%Y-%m-%d %H:%M:%S"),
+            "device": a.device, "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
+    if rows:
+        print(f"resuming {a.out}: its {len(rows)} rows are kept and not measured again", flush=True)
+
+    def emit(row: dict) -> None:  # every row reaches --out as soon as it is measured: a stopped run resumes
+        rows.append(row)
+        if a.out:
+            tmp = Path(f"{a.out}.tmp")
+            tmp.write_text(json.dumps({"args": dataclasses.asdict(a), "meta": meta, "rows": rows}, indent=1))
+            tmp.replace(a.out)
+
+    done = {_row_key(r): r for r in rows}
     for name in a.models:
-        rows += run_model(name, data, a)
+        run_model(name, data, a, done, emit)
     print(table(rows, a))
     if a.select_samples > 0:
         print(table(rows, a, "_select"))
-    if a.out:
-        meta = {"data": data.source, "data_fingerprint": data.fingerprint, "torch": torch.__version__,
-                "torch_pruning": tp.__version__, "threads": a.threads, "machine": platform.platform(),
-                "processor": platform.processor() or platform.machine(), "time": time.strftime("%Y-%m-%d %H:%M:%S"),
-                "device": a.device, "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
-        Path(a.out).write_text(json.dumps({"args": dataclasses.asdict(a), "meta": meta, "rows": rows}, indent=1))
     return rows
 
 

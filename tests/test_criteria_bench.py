@@ -58,3 +58,37 @@ def test_attention_sparsity_option_defaults_to_the_training_default():
     default = inspect.signature(train_group_attention).parameters["sparsity"].default
     assert criteria.Args().attention_sparsity == default  # the benchmark measures the shipped default
     assert criteria._parse(["--attention-sparsity", "1.0"]).attention_sparsity == 1.0
+
+
+def test_a_stopped_run_resumes_from_its_out_file(shared_data, tmp_path, monkeypatch, capsys):
+    out = tmp_path / "run.json"
+    args = ["--models", "resnet20", "--criteria", "l1", "--ratios", "0.5", "--val-samples", "200",
+            "--finetune-steps", "2", "--finetune-seeds", "0", "1", "--adapt-steps", "0", "--recal-batches", "2",
+            "--data-root", str(shared_data), "--out", str(out)]
+    real, calls = criteria._finetune, []
+
+    def stops_on_second(*a, **kw):
+        calls.append(a[5])  # the fine-tune seed
+        if len(calls) == 2:
+            raise KeyboardInterrupt  # as if stopped during the second fine-tune
+        return real(*a, **kw)
+
+    monkeypatch.setattr(criteria, "_finetune", stops_on_second)
+    with pytest.raises(KeyboardInterrupt):
+        criteria.main(args)
+    saved = json.loads(out.read_text())["rows"]
+    assert [r["finetune_seed"] for r in saved] == [0]  # the first row was written when it was measured
+    calls.clear()
+    monkeypatch.setattr(criteria, "_finetune", lambda *a, **kw: calls.append(a[5]) or real(*a, **kw))
+    rows = criteria.main(args)
+    assert calls == [1]  # only the missing fine-tune ran
+    assert [r["finetune_seed"] for r in rows] == [0, 1] and rows[0] == saved[0]
+    assert "resuming" in capsys.readouterr().out
+    assert [r["finetune_seed"] for r in json.loads(out.read_text())["rows"]] == [0, 1]
+    calls.clear()
+    assert len(criteria.main(args)) == 2 and calls == []  # all done: nothing is measured again
+    with pytest.raises(SystemExit, match="other settings.*--recal-batches"):
+        criteria.main([*args, "--recal-batches", "3"])
+    with pytest.raises(SystemExit):
+        criteria._parse(["--seed", "1"])
+    assert "--seed was replaced by --finetune-seeds" in capsys.readouterr().err
