@@ -532,7 +532,7 @@ def consensus_order(
     rest = torch.ones(c, dtype=torch.bool)
     rest[first] = False
     rest_idx = rest.nonzero().flatten()
-    order = torch.cat([first, rest_idx[_lex_order(late[rest_idx], torch.zeros(len(rest_idx)))]])
+    order = torch.cat([first, rest_idx[torch.argsort(late[rest_idx], stable=True)]])
     pos = torch.empty(c, dtype=torch.float32)
     pos[order] = torch.arange(c, dtype=torch.float32)
     return pos / max(1, c - 1)
