@@ -62,11 +62,12 @@ class Args:
     """CIFAR ResNets with weights ``<data-root>/pretrained/cifar10_<model>.pth``."""
     ratios: tuple[float, ...] = (0.3, 0.5, 0.7)
     """fractions of the channels of every group that are removed."""
-    criteria: tuple[str, ...] = ("attention", "attention_gate", "attention_act", "attention_odds", "l1", "bn",
-                                 "taylor", "activation", "random")
-    """criteria to compare: names of ``make_importance`` (``attention`` is its default, gate rank + activation
-    rank), and other ways of scoring with the same trained gates: ``attention_gate`` (the mean gate alone),
-    ``attention_act`` (gate x relative activation), ``attention_odds`` (gate odds x activation)."""
+    criteria: tuple[str, ...] = ("attention", "attention_rank", "attention_gate", "attention_act", "attention_odds",
+                                 "l1", "bn", "taylor", "activation", "random")
+    """criteria to compare: names of ``make_importance`` (``attention`` is its default, the consensus order;
+    ``attention_consensus`` is another name for it), and other ways of scoring with the same trained gates:
+    ``attention_rank`` (gate rank + activation rank, version 3's default), ``attention_gate`` (the mean gate
+    alone), ``attention_act`` (gate x relative activation), ``attention_odds`` (gate odds x activation)."""
     random_seeds: int = 3
     """seeds of the ``random`` criterion."""
     attention_seeds: tuple[int, ...] = (0,)
@@ -159,8 +160,9 @@ def adapted_base(name: str, data, a: Args) -> nn.Module:
     return model.eval()
 
 
-ATTENTION_COMBINE = {"attention": "activation_rank", "attention_gate": "none", "attention_act": "activation",
-                     "attention_odds": "activation_odds", "attention_consensus": "consensus"}
+ATTENTION_COMBINE = {"attention": "consensus", "attention_rank": "activation_rank", "attention_gate": "none",
+                     "attention_act": "activation", "attention_odds": "activation_odds",
+                     "attention_consensus": "consensus"}
 
 
 def _val_splits(data, a: Args) -> tuple:

@@ -116,11 +116,12 @@ def test_attention_ranks_dead_channels_lowest(trained_small, digits):
     stats = train_group_attention(model, graph, digits, steps=60, batch_size=64, calib_samples=256)
     assert stats.meta["final_mean_gate"] < 0.9  # the sparsity pressure moved the gates
     combined = graph.scores(GroupAttentionImportance(stats, combine="activation"))  # gate x activation
-    default = graph.scores(GroupAttentionImportance(stats))  # gate rank + activation rank
+    ranked = graph.scores(GroupAttentionImportance(stats, combine="activation_rank"))  # gate + activation rank
+    default = graph.scores(GroupAttentionImportance(stats))  # consensus order (+ L1 rank for the first 30%)
     for gi, ch in dead.items():
         name = graph.group(gi).name
         alive = [i for i in range(graph.group(gi).channels) if i not in ch]
-        for s in (stats.mean[name], combined[name], default[name]):
+        for s in (stats.mean[name], combined[name], ranked[name], default[name]):
             assert set(torch.argsort(s)[: len(ch)].tolist()) == set(ch), (name, s)
             assert s[ch].max() < s[alive].min()
         assert torch.all(stats.activation[name][ch] == 0)  # dead channels feed exact zeros
@@ -250,17 +251,17 @@ def test_taylor_uses_its_calibration_gradients(trained_small, digits):
     assert conv.weight.grad is not None  # our gradients were restored, not replaced
 
 
-def test_default_combination_orders_saturated_gates_by_activation():
+def test_rank_combination_orders_saturated_gates_by_activation():
     # gates saturated near 1 (as for the channels the attention keeps) carry no order: activation decides;
     # a channel the attention shuts loses its lead in activation
     gates = torch.tensor([0.999, 0.999, 0.999, 0.05])
     act = torch.tensor([0.2, 3.0, 1.0, 5.0])
     stats = GateStats(mean={"g": gates}, std={"g": torch.zeros(4)}, activation={"g": act}, aliases={"g": "g"})
-    default = GroupAttentionImportance(stats).group_scores("g")
+    rank = GroupAttentionImportance(stats, combine="activation_rank").group_scores("g")
     # mean of the two ranks in [0, 1]; the three tied gates share the rank (1 + 2 + 3) / 3 / 3 = 2/3
-    assert default.tolist() == pytest.approx([1 / 3, 2 / 3, 1 / 2, 1 / 2])
-    assert torch.argsort(default[:3]).tolist() == [0, 2, 1]
-    assert default[3] < default[1]
+    assert rank.tolist() == pytest.approx([1 / 3, 2 / 3, 1 / 2, 1 / 2])
+    assert torch.argsort(rank[:3]).tolist() == [0, 2, 1]
+    assert rank[3] < rank[1]
     assert torch.argsort(GroupAttentionImportance(stats, combine="none").group_scores("g")).tolist()[0] == 3
     odds = GroupAttentionImportance(stats, combine="activation_odds").group_scores("g")
     assert torch.argsort(odds).tolist() == [3, 0, 2, 1]  # log-odds of the gate + log activation
@@ -279,12 +280,13 @@ def test_consensus_order_removes_the_agreed_channels_first_then_follows_gate_and
     assert sorted(pos.tolist()) == pytest.approx([i / 9 for i in range(10)])
     # without the L1 consensus the first four would be 0..3: channel 4 is kept at 30 % by activation_rank
     stats = GateStats(mean={"g": gate}, std={"g": torch.zeros(10)}, activation={"g": act}, aliases={"g": "g"})
-    assert torch.argsort(GroupAttentionImportance(stats).group_scores("g")).tolist()[:4] == [0, 1, 2, 3]
+    rank = GroupAttentionImportance(stats, combine="activation_rank")
+    assert torch.argsort(rank.group_scores("g")).tolist()[:4] == [0, 1, 2, 3]
     # share 0: only the first removal (made with nothing gone yet) is the consensus one
     assert torch.argsort(attention.consensus_order(gate, act, l1, share=0.0)).tolist() == [4, 0, 1, 2, 3, 5, 6, 7, 8, 9]
     assert torch.argsort(attention.consensus_order(gate, act, l1, share=0.1)).tolist()[:3] == [4, 0, 1]
     with pytest.raises(ValueError, match="needs the group's weights"):
-        GroupAttentionImportance(stats, combine="consensus").group_scores("g")
+        GroupAttentionImportance(stats).group_scores("g")  # the default is the consensus order
 
 
 def test_consensus_scores_real_groups_with_the_l1_criterion_and_nests_the_ratios(trained_small, digits):

@@ -9,8 +9,9 @@ name           criterion
                on gradients accumulated over calibration batches by :meth:`CalibratedTaylorImportance.calibrate`
 ``random``     uniform random scores, reproducible per (seed, group)
 ``activation`` mean |input| a channel feeds to the layers consuming it, over calibration batches
-``attention``  group attention (:mod:`pruning_env.importance.attention`), the default: rank by trained
-               gate averaged with rank by mean activation (``combine=`` picks another way)
+``attention``  group attention (:mod:`pruning_env.importance.attention`), the default: the first 30 % of
+               a group removed where gate, activation and L1 ranks agree, the rest by gate and
+               activation rank (``combine=`` picks another way)
 =============  ===================================================================================
 
 Higher scores mean more important; :func:`make_importance` builds any of them by name.
