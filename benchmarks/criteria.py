@@ -46,6 +46,7 @@ import torch_pruning as tp
 from pruning_env.data import load_dataset
 from pruning_env.engine import ModelGraph, apply_plan
 from pruning_env.importance import available_importances, make_importance
+from pruning_env.importance.attention import ATTENTION_VERSION
 from pruning_env.models import build_model
 from pruning_env.scenario import adapt
 from pruning_env.train import evaluate, recalibrate_bn, train
@@ -184,6 +185,11 @@ _SELECTION_ARGS = {"models", "criteria", "ratios", "random_seeds", "attention_se
                    "out", "merge"}
 
 
+def _scoring() -> dict:
+    """What the criterion names mean in this version (a resumed file must have been measured with the same)."""
+    return {"attention_version": ATTENTION_VERSION, "attention_combine": ATTENTION_COMBINE}
+
+
 def _previous_rows(a: Args) -> list[dict]:
     """Rows of an unfinished or earlier run in ``--out`` with the same measuring settings (else exit)."""
     if not a.out or not Path(a.out).exists():
@@ -200,6 +206,9 @@ def _previous_rows(a: Args) -> list[dict]:
         flags = ", ".join(f"--{k.replace('_', '-')} {old.get(k)!r} -> {new[k]!r}" for k in differ)
         raise SystemExit(f"--out {a.out} holds rows measured with other settings ({flags}): "
                          "pass another --out, or delete it to start over")
+    if run.get("scoring") != _scoring():
+        raise SystemExit(f"--out {a.out} was measured with another version of the criteria (attention scoring "
+                         f"{run.get('scoring')}, now {_scoring()}): pass another --out, or delete it to start over")
     return rows
 
 
@@ -330,7 +339,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
         rows.append(row)
         if a.out:
             tmp = Path(f"{a.out}.tmp")
-            tmp.write_text(json.dumps({"args": dataclasses.asdict(a), "meta": meta, "rows": rows}, indent=1))
+            tmp.write_text(json.dumps({"args": dataclasses.asdict(a), "meta": meta, "scoring": _scoring(),
+                                       "rows": rows}, indent=1))
             tmp.replace(a.out)
 
     done = {_row_key(r): r for r in rows}

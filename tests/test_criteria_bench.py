@@ -89,6 +89,10 @@ def test_a_stopped_run_resumes_from_its_out_file(shared_data, tmp_path, monkeypa
     assert len(criteria.main(args)) == 2 and calls == []  # all done: nothing is measured again
     with pytest.raises(SystemExit, match="other settings.*--recal-batches"):
         criteria.main([*args, "--recal-batches", "3"])
+    saved = json.loads(out.read_text())
+    out.write_text(json.dumps({**saved, "scoring": {**saved["scoring"], "attention_version": 2}}))
+    with pytest.raises(SystemExit, match="another version of the criteria"):  # e.g. rows of an older default
+        criteria.main(args)
     with pytest.raises(SystemExit):
         criteria._parse(["--seed", "1"])
     assert "--seed was replaced by --finetune-seeds" in capsys.readouterr().err
