@@ -24,6 +24,8 @@ Rerunning the same command with the same ``--name`` continues from the checkpoin
 ``episodes.csv`` after the checkpoint are dropped (their episodes are played again), so no row is
 duplicated. ``--episodes`` may be raised to extend a finished run. A resumed run continues the
 saved agent but not the exact random streams, so it is not bitwise identical to an uninterrupted one.
+A run folder made with other options, or searched with another channel scoring (``importance_version``
+in ``config.json``), is refused.
 """
 
 from __future__ import annotations
@@ -148,7 +150,7 @@ def _env_description(env: gym.Env) -> dict[str, Any]:
     base = env.unwrapped
     out: dict[str, Any] = {"observation_space": str(env.observation_space), "action_space": str(env.action_space)}
     for key in ("n_groups", "base_accuracy", "base_latency_ms", "base_macs", "base_params", "target_fraction",
-                "latency_mode", "importance_name", "construction_seconds"):
+                "latency_mode", "importance_name", "importance_version", "construction_seconds"):
         if hasattr(base, key):
             value = getattr(base, key)
             out[key] = value.item() if hasattr(value, "item") else value
@@ -265,8 +267,9 @@ def run_search(opts: TrainOptions, env: gym.Env | None = None) -> dict[str, Any]
     run = Path(opts.run_dir) / opts.run_name()
     state_path, config_path = run / "state.json", run / "config.json"
     state = json.loads(state_path.read_text()) if state_path.exists() else None
-    if state is not None:
-        _check_same_run(json.loads(config_path.read_text())["options"], opts)
+    saved_config = json.loads(config_path.read_text()) if state is not None else None
+    if saved_config is not None:
+        _check_same_run(saved_config["options"], opts)
     run.mkdir(parents=True, exist_ok=True)
 
     if opts.torch_threads is not None:
@@ -277,6 +280,14 @@ def run_search(opts: TrainOptions, env: gym.Env | None = None) -> dict[str, Any]
         env = gym.make(opts.env, **opts.env_kwargs)
     elif env.spec is not None and env.spec.id != opts.env:
         raise ValueError(f"the given env is {env.spec.id!r} but the options say {opts.env!r}")
+    if saved_config is not None:
+        saved = saved_config.get("env", {}).get("importance_version")
+        now = getattr(env.unwrapped, "importance_version", None)
+        if saved != now:  # e.g. a run folder from before the default channel scoring changed
+            if own_env:
+                env.close()
+            raise ValueError(f"run folder {run} was searched with channel scoring {saved!r}, this version scores "
+                             f"channels with {now!r}: resuming would mix the two; use another --name")
     writer = None
     if opts.tensorboard:
         from torch.utils.tensorboard import SummaryWriter

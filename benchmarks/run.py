@@ -8,7 +8,8 @@ One folder per benchmark (``results/<profile>`` unless ``--out``): ``runs/`` hol
 run folder (as written by ``python -m agents.train``), ``done/`` one JSON file per finished run,
 ``results.csv`` one row per run, ``leaderboard.md`` and ``plots/*.png``. A rerun skips finished
 runs and resumes an interrupted search from its last checkpoint, so a killed benchmark loses at
-most the run in flight.
+most the run in flight. Runs recorded with another channel scoring than this version's (an older
+default criterion: ``pruning_env.importance.scoring_version``) are moved to ``stale/`` and run again.
 """
 
 from __future__ import annotations
@@ -78,7 +79,8 @@ def _transfer(spec: RunSpec, row: dict[str, Any]) -> dict[str, Any]:
     run.mkdir(parents=True, exist_ok=True)
     info["plan"].save(run / "best_plan.json")
     row.update(best_reward=float(reward), val_accuracy=float(info["accuracy"]), base_val_accuracy=info["base_accuracy"],
-               speedup_table=float(info["speedup"]), macs_ratio=float(info["macs_ratio"]), episodes=0)
+               speedup_table=float(info["speedup"]), macs_ratio=float(info["macs_ratio"]), episodes=0,
+               importance_version=getattr(env.unwrapped, "importance_version", None))
     return row
 
 
@@ -110,7 +112,8 @@ def run_one(spec: RunSpec) -> dict[str, Any]:
                    val_accuracy=float(best["accuracy"]), speedup_table=float(best["speedup"]),
                    search_seconds=float(state.get("wall_time", 0.0)),
                    base_val_accuracy=config.get("env", {}).get("base_accuracy"),
-                   versions=json.dumps(config.get("versions", {})), hardware=json.dumps(config.get("hardware", {})))
+                   versions=json.dumps(config.get("versions", {})), hardware=json.dumps(config.get("hardware", {})),
+                   importance_version=config.get("env", {}).get("importance_version"))
     final = finetune_run(FinetuneOptions(run=str(run_dir), epochs=spec.finetune_epochs, progress=False,
                                          onnx=False, seed=spec.seed))
     row.update(test_accuracy=final["pruned"]["test_accuracy"], base_test_accuracy=final["base"]["test_accuracy"],
@@ -198,6 +201,29 @@ def _execute(specs: list[RunSpec], workers: int, backend: str) -> list[dict[str,
     return results
 
 
+def _set_aside_stale(specs: list[RunSpec], out: Path) -> list[str]:
+    """Move runs measured with another channel scoring than this version's (their ``done/`` file and run
+    folder) to ``stale/<time>/``, so that they are measured again instead of mixed into the results."""
+    from pruning_env.importance import scoring_version
+
+    dest, moved = out / "stale" / time.strftime("%Y%m%d-%H%M%S"), []
+    for s in specs:
+        run_dir, config = Path(s.out) / "runs" / s.name, Path(s.out) / "runs" / s.name / "config.json"
+        if s.done_file.exists():
+            recorded = json.loads(s.done_file.read_text()).get("importance_version")
+        elif config.exists():
+            recorded = json.loads(config.read_text()).get("env", {}).get("importance_version")
+        else:
+            continue
+        if recorded != scoring_version(s.scenario.env_kwargs.get("importance", "attention")):
+            dest.mkdir(parents=True, exist_ok=True)
+            for p in (s.done_file, run_dir):
+                if p.exists():
+                    p.rename(dest / p.name)
+            moved.append(s.name)
+    return moved
+
+
 def run_benchmark(profile: str | Profile, out: str | Path | None = None, seeds: int | None = None,
                   episodes: int | None = None, workers: int = 1, backend: str = "process",
                   agents: list[str] | None = None, scenarios: list[str] | None = None) -> pd.DataFrame:
@@ -218,6 +244,10 @@ def run_benchmark(profile: str | Profile, out: str | Path | None = None, seeds: 
     cores = os.cpu_count() or 1
     threads = max(1, cores // max(1, workers))
     specs = plan_runs(prof, out, seeds or prof.seeds, episodes or prof.episodes, threads)
+    stale = _set_aside_stale(specs, out)
+    if stale:
+        print(f"{len(stale)} run(s) were measured with another channel scoring than this version's; moved to "
+              f"{out / 'stale'} and measured again: {', '.join(stale)}")
     todo = [s for s in specs if not s.done_file.exists()]
     print(f"benchmark {prof.name!r}: {len(specs)} runs ({len(specs) - len(todo)} already done), "
           f"{workers} worker(s) x {threads} torch thread(s), backend {backend}; output in {out}")

@@ -18,6 +18,7 @@ from gymnasium import spaces
 
 from .engine import ModelGraph, PruningPlan, apply_plan, count_macs_params
 from .features import DataFeatures, build_data_features
+from .importance import scoring_version
 from .latency import LatencyMeasurer, LatencyTable, macs_for_kept
 from .rewards import EpisodeMetrics, Reward, make_reward
 from .scenario import DEFAULT_DATASET, DEFAULT_MODEL, Scenario, load_scenario
@@ -243,6 +244,7 @@ class DataAwarePruneEnv(gym.Env):
         self.data_features: DataFeatures = build_data_features(sc, importance=importance, seed=seed)
         self.scores = self.data_features.scores
         self.importance_name = importance
+        self.importance_version = scoring_version(importance)  # recorded by run folders (agents.train)
 
         # Validation subset for the reward, calibration batches for BatchNorm.
         self.val_data = sc.data.val if val_samples is None else sc.data.val.subset(min(val_samples, len(sc.data.val)))

@@ -271,6 +271,12 @@ def test_train_cli_writes_files_and_resumes_without_duplicates(tmp_path):
     with pytest.raises(ValueError, match="other settings"):
         main([a if a != "ppo" else "a2c" for a in args])
 
+    # a run folder searched with another channel scoring (e.g. before the default changed) is not resumed
+    assert config["env"]["importance_version"] == pruning_env.importance.scoring_version("attention")
+    (run / "config.json").write_text(json.dumps({**config, "env": {**config["env"], "importance_version": "old"}}))
+    with pytest.raises(ValueError, match="channel scoring 'old'.*use another --name"):
+        main([a if a != "4" else "5" for a in [a if a != "2" else "4" for a in args]])
+
 
 def test_run_search_with_an_episodic_agent(env, tmp_path):
     opts = TrainOptions(algo="cem", env=ENV_ID, episodes=3, run_dir=str(tmp_path), name="c", progress=False,

@@ -16,6 +16,7 @@ import pytest
 from benchmarks.profiles import BenchScenario, Profile
 from benchmarks.run import run_benchmark
 from benchmarks.speedups import remeasure, summary
+from pruning_env.importance import scoring_version
 
 
 @pytest.mark.e2e
@@ -38,6 +39,17 @@ def test_quick_benchmark_writes_report_and_skips_finished_runs(tmp_path) -> None
     assert stamps == {p.name: p.stat().st_mtime_ns for p in (tmp_path / "done").glob("*.json")}
     row = json.loads((tmp_path / "done" / "digits-small_resnet__uniform__0.json").read_text())
     assert row["episodes"] == 2
+    # A run measured with another channel scoring (an older default) is set aside and measured again.
+    done = tmp_path / "done" / "digits-small_resnet__uniform__0.json"
+    assert row["importance_version"] == scoring_version("attention")
+    done.write_text(json.dumps({**row, "importance_version": "attention-v2-old"}))
+    run_benchmark(prof, out=tmp_path)
+    assert json.loads(done.read_text())["importance_version"] == scoring_version("attention")
+    (old,) = (tmp_path / "stale").iterdir()
+    assert json.loads((old / done.name).read_text())["importance_version"] == "attention-v2-old"
+    assert (old / "digits-small_resnet__uniform__0" / "config.json").exists()  # its run folder went with it
+    random_done = tmp_path / "done" / "digits-small_resnet__random__0.json"
+    assert random_done.stat().st_mtime_ns == stamps[random_done.name]  # the current run was kept
     # The best plans re-measured "on the deployment machine" (here): one row per run, real speedups.
     # Timings on a shared machine are noisy: the pruned models must be clearly faster, not exactly so.
     sp = remeasure(tmp_path, rounds=3, repeats=5)

@@ -7,7 +7,10 @@ score per channel of a Torch-Pruning group, higher = more important, so it plugs
 ``activation``); data-driven criteria calibrate on the training split.
 """
 
+from typing import Any
+
 from pruning_env.importance.attention import (
+    ATTENTION_VERSION,
     GateStats,
     GroupAttention,
     GroupAttentionImportance,
@@ -24,7 +27,23 @@ from pruning_env.importance.classic import (
     make_importance,
 )
 
+
+def scoring_version(name: Any) -> str:
+    """What ``make_importance(name)`` scores with in this version, for run folders to record.
+
+    A run resumed, or a result reused, under another scoring would mix two criteria under one name.
+    ``attention``: its version and default ``combine``; the classic criteria have not changed.
+    """
+    if name == "attention":
+        import inspect
+
+        combine = inspect.signature(GroupAttentionImportance.fit).parameters["combine"].default
+        return f"attention-v{ATTENTION_VERSION}-{combine}"
+    return name if isinstance(name, str) else type(name).__name__
+
+
 __all__ = [
+    "scoring_version",
     "GateStats",
     "GroupAttention",
     "GroupAttentionImportance",
