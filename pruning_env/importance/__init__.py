@@ -11,6 +11,7 @@ from typing import Any
 
 from pruning_env.importance.attention import (
     ATTENTION_VERSION,
+    DEFAULT_COMBINE,
     GateStats,
     GroupAttention,
     GroupAttentionImportance,
@@ -35,10 +36,7 @@ def scoring_version(name: Any) -> str:
     ``attention``: its version and default ``combine``; the classic criteria have not changed.
     """
     if name == "attention":
-        import inspect
-
-        combine = inspect.signature(GroupAttentionImportance.fit).parameters["combine"].default
-        return f"attention-v{ATTENTION_VERSION}-{combine}"
+        return f"attention-v{ATTENTION_VERSION}-{DEFAULT_COMBINE}"
     return name if isinstance(name, str) else type(name).__name__
 
 

@@ -505,6 +505,7 @@ def _gate_statistics(model, att: GroupAttention, ds, calib_samples: int):
 
 # -- the importance ----------------------------------------------------------------------------
 COMBINE = ("none", "activation", "activation_odds", "activation_rank", "consensus")
+DEFAULT_COMBINE = "consensus"
 CONSENSUS_SHARE = 0.3  # share of a group's channels removed in the consensus order first (``combine="consensus"``)
 
 
@@ -575,7 +576,7 @@ class GroupAttentionImportance(tp.importance.Importance):
         combine: one of :data:`COMBINE`.
     """
 
-    def __init__(self, stats: GateStats, model: nn.Module | None = None, combine: str = "consensus") -> None:
+    def __init__(self, stats: GateStats, model: nn.Module | None = None, combine: str = DEFAULT_COMBINE) -> None:
         if combine not in COMBINE:
             raise ValueError(f"combine must be one of {', '.join(map(repr, COMBINE))}, got {combine!r}")
         if combine != "none" and set(stats.activation) != set(stats.mean):
@@ -625,7 +626,7 @@ class GroupAttentionImportance(tp.importance.Importance):
 
     @classmethod
     def fit(
-        cls, model: nn.Module, graph: Any, data: Any, cache: bool = True, combine: str = "consensus",
+        cls, model: nn.Module, graph: Any, data: Any, cache: bool = True, combine: str = DEFAULT_COMBINE,
         **train_kwargs: Any,
     ) -> GroupAttentionImportance:
         """Train (or load from the cache) group attention for ``model`` on ``data``'s train split.
