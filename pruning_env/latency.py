@@ -8,8 +8,9 @@ Three ways to price a plan, from the most faithful to the cheapest:
   (conv, depthwise conv, linear, BN, activation, pooling) is timed alone on a small grid of kept channel
   counts, once per architecture, input shape and measurer setting, and cached on disk. A plan costs the
   bilinearly interpolated sum of its layers, mapped to end-to-end milliseconds by an affine calibration
-  against the measured full model (exact) and, by default, two measured pruned models (least squares):
-  the calibration absorbs what the table does not see (residual adds, framework dispatch, fusion).
+  against the measured full model (exact) and, by default, a dozen measured pruned models (least
+  squares): the calibration absorbs what the table does not see (residual adds, memory traffic, framework
+  dispatch).
 * :class:`MacsModel` / :func:`macs_for_kept` count MACs analytically, the way Torch-Pruning's
   ``count_ops_and_params`` counts them on the physically pruned model.
 """
@@ -42,9 +43,12 @@ __all__ = ["LatencyMeasurer", "LatencyTable", "MacsModel", "macs_for_kept", "ava
 log = logging.getLogger(__name__)
 
 TABLE_FORMAT = "dataawareprune.latency_table"
-TABLE_FORMAT_VERSION = 1
+TABLE_FORMAT_VERSION = 2  # 2: round_to grids, random calibration models, reference layer
 DEFAULT_GRID = (0.25, 0.5, 0.75, 1.0)  # kept fractions per channel axis; 1 channel is always added
-CALIBRATION_KEEP = 0.5  # kept fraction of every group in the calibration models
+CALIBRATION_KEEP = 0.5  # kept fraction of every group in the uniform calibration model
+EXACT_POINTS = 8  # an axis with at most this many allowed widths (multiples of round_to) is timed at every one
+CALIBRATION_PLANS = 6  # random calibration models (seeded), besides the uniform ones
+LOAD_WARN = 1.25  # reference layer slower/faster by more than this across a build: the machine's load changed
 _SCALE_BOUNDS = (0.1, 10.0)  # a calibration slope outside this range is noise, not a property of the model
 _SCAN_BOUNDS = (0.25, 4.0)  # a scan ratio outside this range is a timing accident, not a kernel effect
 _LAYER_ROUNDS = 3  # interleaved rounds over the grid points of one layer (10 back-to-back runs keep caches warm)
@@ -462,13 +466,23 @@ def _spec(u: _Unit) -> dict[str, Any]:
     return spec
 
 
-def _axis_points(full: int, vary: bool, grid: Sequence[float], step: int = 1) -> list[int]:
-    """Grid of kept channels on one axis: ``step`` (the minimum), multiples of ``step`` near the ``grid``
-    fractions of ``full``, and ``full``."""
+def _axis_points(full: int, vary: bool, grid: Sequence[float], step: int = 1, round_to: int = 1) -> list[int]:
+    """Kept channels timed on one axis.
+
+    The widths a plan can have are multiples of ``unit = lcm(step, round_to)`` and ``full`` itself. When
+    there are at most :data:`EXACT_POINTS` of them, every one is timed (the table is then exact on that
+    axis: no interpolation across the kernels' block effects); otherwise ``unit``, multiples of ``unit``
+    near the ``grid`` fractions of ``full``, and ``full``.
+    """
     if not vary:
         return [full]
-    base = full // step
-    return sorted({step * max(1, min(base, round(f * base))) for f in grid} | {step, full})
+    unit = step * round_to // math.gcd(step, round_to)
+    n = full // unit
+    if n == 0:  # narrower than one unit: the group can only stay whole
+        return [full]
+    if round_to > 1 and n <= EXACT_POINTS:
+        return sorted({unit * i for i in range(1, n + 1)} | {full})
+    return sorted({unit * max(1, min(n, round(f * n))) for f in grid} | {unit, full})
 
 
 def _timeable(u: _Unit) -> bool:
@@ -494,26 +508,54 @@ def _layer_instance(u: _Unit, k_in: int, k_out: int, batch: int) -> tuple[nn.Mod
     return copy.deepcopy(m), (batch, k_out, *u.in_shape[1:])
 
 
-def _time_points(u: _Unit, points: Sequence[tuple[int, int]], measurer: LatencyMeasurer) -> list[float]:
-    """Median ms of fresh layers like ``u`` at each ``(k_in, k_out)``, measured in interleaved rounds so that
-    a burst of machine load does not bend one part of the grid."""
-    layers, inputs = [], []
+def _reference(measurer: LatencyMeasurer) -> tuple[nn.Module, torch.Tensor]:
+    """The load canary: a fixed 32-channel 3x3 conv on 16x16 maps, timed with every configuration."""
+    layer = nn.Conv2d(32, 32, 3, padding=1, bias=False).to(measurer.device).eval()
+    return layer, torch.randn(measurer.batch_size, 32, 16, 16, generator=torch.Generator().manual_seed(0))
+
+
+def _time_points(u: _Unit, points: Sequence[tuple[int, int]], measurer: LatencyMeasurer,
+                 reference: tuple[nn.Module, torch.Tensor]) -> tuple[list[float], float]:
+    """Median ms of fresh layers like ``u`` at each ``(k_in, k_out)``, and of the ``reference`` layer.
+
+    All are measured in interleaved rounds, so that a burst of machine load does not bend one part of the
+    grid; the reference shows how fast the machine was while this configuration was timed.
+    """
+    layers, inputs = [reference[0]], [reference[1]]
     for j, (k_in, k_out) in enumerate(points):
         layer, shape = _layer_instance(u, k_in, k_out, measurer.batch_size)
         layers.append(layer.to(measurer.device).eval())
         inputs.append(torch.randn(*shape, generator=torch.Generator().manual_seed(j)))
-    return [s["median_ms"] for s in measurer.measure_many(layers, inputs, rounds=_LAYER_ROUNDS)]
+    ref, *ms = (s["median_ms"] for s in measurer.measure_many(layers, inputs, rounds=_LAYER_ROUNDS))
+    return ms, ref
 
 
-def _calibration_anchors(channels: np.ndarray) -> list[list[int]]:
-    """Kept counts of the calibration models: every group at :data:`CALIBRATION_KEEP`, and one channel more.
+def _calibration_anchors(channels: np.ndarray, round_to: int = 1) -> list[list[int]]:
+    """Kept counts of the calibration models (deterministic).
 
-    Kernels work on blocks of 8 or 16 channels, so the half-width model (8/16/32 channels in a CIFAR
-    ResNet) is unusually fast for its size and one channel more (9/17/33) unusually slow (1.8x at
-    batch 64 in torch, measured); fitting both keeps the calibration honest for arbitrary counts.
+    Uniform models keeping 1/4, 1/2 and 3/4 of every group, :data:`CALIBRATION_PLANS` random ones (half
+    keeping 20-100% of each group, half 20-60%: the range that plans at a 2x target live in), all rounded
+    to ``round_to`` as the environment rounds. With ``round_to == 1`` also the half-width model plus one
+    channel per group: kernels work on blocks of 8 or 16 channels, so 8/16/32 channels per stage of a
+    CIFAR ResNet is unusually fast for its size and 9/17/33 unusually slow (1.8x at batch 64 in torch).
     """
-    half = [ModelGraph.n_keep(int(c), 1.0 - CALIBRATION_KEEP) for c in channels]
-    return [half, [min(int(c), k + 1) for k, c in zip(half, channels)]]
+    rng = np.random.default_rng(0)
+    n = len(channels)
+
+    def keep(fractions) -> list[int]:
+        return [ModelGraph.n_keep(int(c), 1.0 - float(f), round_to) for c, f in zip(channels, fractions)]
+
+    anchors = [keep([f] * n) for f in (0.25, CALIBRATION_KEEP, 0.75)]
+    anchors += [keep(rng.uniform(0.2, 1.0, n)) for _ in range(CALIBRATION_PLANS - CALIBRATION_PLANS // 2)]
+    anchors += [keep(rng.uniform(0.2, 0.6, n)) for _ in range(CALIBRATION_PLANS // 2)]
+    if round_to == 1:
+        anchors.append([min(int(c), k + 1) for k, c in zip(anchors[1], channels)])
+    full = [int(c) for c in channels]
+    unique = []
+    for a in anchors:
+        if a != full and a not in unique:
+            unique.append(a)
+    return unique
 
 
 def _plan_with_counts(graph: ModelGraph, kept: Sequence[int]) -> PruningPlan:
@@ -535,12 +577,16 @@ class LatencyTable:
     """Per-layer latency lookup table: a plan's latency in ms without building the pruned model.
 
     Build it with :meth:`build`. Each distinct layer configuration is timed alone on a grid of kept
-    (input, output) channel counts (``1`` and ``grid`` fractions of the full width; one axis for depthwise
-    convs, BN, activations and pools), made monotone (more channels never cost less), and interpolated
-    bilinearly. ``predict(kept) = offset_ms + scale * table_ms(kept)``: ``scale`` and ``offset_ms`` map the
-    table's sum onto measured end-to-end latency, exactly at the full model (``predict(full) == base_ms``)
-    and, with calibration, as close as possible (least squares) at two more measured models: every group at
-    :data:`CALIBRATION_KEEP` of its channels, and one channel more (see :func:`_calibration_anchors`).
+    (input, output) channel counts (every multiple of ``round_to`` on narrow axes; otherwise the smallest
+    width and ``grid`` fractions of the full width; one axis for depthwise convs, BN, activations and
+    pools), made monotone (more channels never cost less), and interpolated bilinearly.
+    ``predict(kept) = offset_ms + scale * table_ms(kept)``: ``scale`` and ``offset_ms`` map the table's sum
+    onto measured end-to-end latency, exactly at the full model (``predict(full) == base_ms``) and, with
+    calibration (the default), as close as possible (least squares) at a dozen measured pruned models
+    (see :func:`_calibration_anchors`). Layers timed alone do not cost what they cost inside the network
+    (residual adds, memory traffic between layers, framework dispatch): on the development CPU at batch 64
+    the table's sum was 1.7x the full model's latency, so an uncalibrated constant offset overestimated
+    speedups by up to 80%; the fitted slope removes that (ResNet-56, 20 random plans: median 6%, worst 12%).
     Without calibration ``scale = 1`` and ``offset_ms`` is the constant overhead the table does not see.
     With scans (see :meth:`build`), every configuration is also timed at every channel count along each
     axis (the other at full width); the ratio of that scan to its own interpolation multiplies the grid's
@@ -549,7 +595,9 @@ class LatencyTable:
 
     Attributes: ``base_ms`` (measured full model), ``scale``, ``offset_ms``, ``channels`` (per group),
     ``group_names``, ``settings`` (the measurer's :meth:`~LatencyMeasurer.describe`), ``unit_names`` and
-    ``unit_ms`` (table latency of every priced layer at full width), ``build_seconds``, ``from_cache``.
+    ``unit_ms`` (table latency of every priced layer at full width), ``build_seconds``, ``from_cache``,
+    ``round_to``, ``calibration_error`` (median and worst relative error on the calibration models, or None)
+    and ``load_spread`` (how much the reference layer's speed varied during the build; 1.0 on a quiet machine).
     """
 
     def __init__(self, data: Mapping[str, Any]) -> None:
@@ -566,6 +614,9 @@ class LatencyTable:
         self.scale = float(data["scale"])
         self.offset_ms = float(data["offset_ms"])
         self.build_seconds = float(data.get("build_seconds", 0.0))
+        self.round_to = int(data.get("round_to", 1))
+        self.calibration_error: dict[str, float] | None = data.get("calibration_error")
+        self.load_spread = float(data.get("load_spread", 1.0))
         self.from_cache = False
         configs, units = data["configs"], data["units"]
         n = max(max(len(c["in_points"]), len(c["out_points"])) for c in configs)
@@ -679,21 +730,27 @@ class LatencyTable:
         grid: Sequence[float] = DEFAULT_GRID,
         calibrate: bool = True,
         scan: bool | None = None,
+        round_to: int = 1,
     ) -> LatencyTable:
         """Measure (or load from the disk cache) the table of ``graph``'s model under ``measurer``.
 
         The cache key covers the layer configurations and their group wiring, the input shape, the
-        measurer's settings (backend, device, hardware, batch, threads, versions), ``grid``, ``calibrate`` and
-        ``scan``; weights do not matter. A corrupt or malformed cache file is rebuilt.
+        measurer's settings (backend, device, hardware, batch, threads, versions), ``grid``, ``calibrate``,
+        ``scan`` and ``round_to``; weights do not matter. A corrupt or malformed cache file is rebuilt.
+
+        ``round_to``: the multiple of channels plans will keep (the environment's ``round_to``). Axes with
+        few such widths are timed at every one of them, and the calibration models are rounded the same
+        way, so the table is fitted to the widths it will be asked about.
 
         ``scan``: also time every channel count along each axis of each configuration (about 4x the
         measurements), for backends whose latency is a jagged function of the channel count because their
-        kernels work on blocks of 8 or 16 channels. Default: on for onnxruntime (a 63-channel conv there is
-        ~30% slower than a 64-channel one), off for torch, where predictions then stay monotone (at batch 1
-        its latency is smooth in the channel count; at batch 64 it is jagged too, but the scans' short
-        timings were too noisy on a shared machine to help).
+        kernels work on blocks of 8 or 16 channels. Default: on for onnxruntime with ``round_to == 1`` (a
+        63-channel conv there is ~30% slower than a 64-channel one), off otherwise (with ``round_to`` > 1
+        the grid already holds the widths plans use; in torch at batch 1 latency is smooth in the count).
         """
-        scan = (measurer.backend != "torch") if scan is None else bool(scan)
+        if round_to < 1:
+            raise ValueError(f"round_to must be >= 1, got {round_to}")
+        scan = (measurer.backend != "torch" and round_to == 1) if scan is None else bool(scan)
         ex = graph.example_inputs
         if torch.is_tensor(ex) and tuple(ex.shape[1:]) != measurer.input_shape:
             raise ValueError(f"the graph was traced with input {tuple(ex.shape[1:])} but the measurer's "
@@ -702,10 +759,10 @@ class LatencyTable:
         specs = [_spec(u) for u in units]
         key = stable_hash({
             "version": TABLE_FORMAT_VERSION, "signature": graph.signature, "settings": measurer.describe(),
-            "grid": [float(f) for f in grid], "calibrate": bool(calibrate), "scan": scan,
+            "grid": [float(f) for f in grid], "calibrate": bool(calibrate), "scan": scan, "round_to": int(round_to),
             "units": [(s, u.in_groups, u.out_groups) for s, u in zip(specs, units)],
         })
-        make = lambda: cls._measure(graph, measurer, units, specs, grid, calibrate, scan)  # noqa: E731
+        make = lambda: cls._measure(graph, measurer, units, specs, grid, calibrate, scan, int(round_to))  # noqa: E731
         if not cache:
             return cls(make())
         path = cache_dir("latency") / f"table_{key}.json"
@@ -713,6 +770,8 @@ class LatencyTable:
 
         def build_fresh():
             built.append(True)
+            log.info("latency table: timing %d layers of %s (once per model and measurer; cached in %s)",
+                     len(units), type(graph.model).__name__, path.parent)
             return make()
 
         for _attempt in range(2):
@@ -724,11 +783,13 @@ class LatencyTable:
                 path.unlink(missing_ok=True)
                 continue
             table.from_cache = not built
+            if table.from_cache:
+                log.info("latency table loaded from the cache (%s)", path.name)
             return table
         raise RuntimeError(f"could not build a valid latency table at {path}")
 
     @classmethod
-    def _measure(cls, graph, measurer, units, specs, grid, calibrate, scan) -> dict[str, Any]:
+    def _measure(cls, graph, measurer, units, specs, grid, calibrate, scan, round_to) -> dict[str, Any]:
         t_start = time.perf_counter()
         configs: list[dict[str, Any]] = []
         index: dict[str, int] = {}
@@ -740,19 +801,31 @@ class LatencyTable:
                 index[key] = len(configs)
                 configs.append({
                     "spec": spec, "unit": u,
-                    "in_points": _axis_points(u.in_channels, spec["vary_in"], grid),
-                    "out_points": _axis_points(u.out_channels, spec["vary_out"], grid, step),
+                    "in_points": _axis_points(u.in_channels, spec["vary_in"], grid, 1, round_to),
+                    "out_points": _axis_points(u.out_channels, spec["vary_out"], grid, step, round_to),
                 })
             rows.append({"name": u.name, "kind": u.kind, "config": index[key],
                          "in": u.in_channels, "out": u.out_channels,
                          "in_groups": list(u.in_groups) if spec["vary_in"] else [],
                          "out_groups": list(u.out_groups)})
+        # Every configuration is timed together with a fixed reference layer and expressed in units of
+        # it (times the reference's first timing): load that comes and goes during the build slows the
+        # reference as much as the layers, so it cancels instead of bending part of the table.
+        reference = _reference(measurer)
+        ref_ms = measurer.measure_many([reference[0]], [reference[1]])[0]["median_ms"]
+        refs: list[float] = []
+
+        def timed(u, points):
+            ms, ref = _time_points(u, points, measurer, reference)
+            refs.append(ref)
+            return np.asarray(ms) * (ref_ms / ref)
+
         n_points = 0
         for c in configs:
             u = c.pop("unit")
             pi, po = c["in_points"], c["out_points"]
             points = [(k_in, k_out) for k_in in pi for k_out in po]
-            ms = np.array(_time_points(u, points, measurer)).reshape(len(pi), len(po))
+            ms = timed(u, points).reshape(len(pi), len(po))
             n_points += len(points)
             # More channels never cost less on the grid: a dip is timing noise the agent must not
             # exploit; the running maximum keeps the grid monotone in every group.
@@ -762,26 +835,29 @@ class LatencyTable:
                     continue
                 ks = list(range(pts[0], pts[-1] + 1, pts[0]))  # every count: the grid's points are among them
                 scan_points = [(k, po[-1]) if axis == "in" else (pi[-1], k) for k in ks]
-                t = np.array(_time_points(u, scan_points, measurer))
+                t = timed(u, scan_points)
                 smooth = np.interp(ks, pts, t[[ks.index(p) for p in pts]])  # 1.0 at the grid's points
                 c[f"scan_{axis}"] = np.clip(t / smooth, *_SCAN_BOUNDS).tolist()
                 n_points += len(ks)
+        load_spread = max(refs) / min(refs) if refs else 1.0
         data: dict[str, Any] = {
             "format": TABLE_FORMAT, "version": TABLE_FORMAT_VERSION, "graph_signature": graph.signature,
             "groups": [{"name": g.name, "channels": g.channels} for g in graph.groups],
-            "settings": measurer.describe(), "grid": [float(f) for f in grid], "scan": scan,
+            "settings": measurer.describe(), "grid": [float(f) for f in grid], "scan": scan, "round_to": round_to,
             "configs": configs, "units": rows, "scale": 1.0, "offset_ms": 0.0, "base_ms": 0.0,
+            "reference_ms": ref_ms, "load_spread": load_spread,
         }
         probe = cls(data)  # to evaluate the uncalibrated table sum
         full = probe.channels
         s_full = probe.table_ms(full)
-        scale, calibration = 1.0, None
+        scale, calibration, fit = 1.0, None, None
         if not calibrate:
             base = measurer.measure_many([graph.model])[0]["median_ms"]
         else:
-            anchors = _calibration_anchors(full)
+            anchors = _calibration_anchors(full, round_to)
             models = [apply_plan(graph.model, _plan_with_counts(graph, kept), example_inputs=graph.example_inputs)
                       for kept in anchors]
+            # one session, base and calibration models interleaved run by run: drift hits all alike
             base, *measured = (s["median_ms"] for s in measurer.measure_many([graph.model, *models]))
             d_table = np.array([probe.table_ms(kept) for kept in anchors]) - s_full
             d_measured = np.array(measured) - base
@@ -789,9 +865,20 @@ class LatencyTable:
                 scale = float(np.clip((d_table @ d_measured) / (d_table @ d_table), *_SCALE_BOUNDS))
             calibration = [{"kept": kept, "measured_ms": m, "table_ms": s_full + d, "predicted_ms": base + scale * d}
                            for kept, m, d in zip(anchors, measured, d_table.tolist())]
+            errors = [abs(a["predicted_ms"] / a["measured_ms"] - 1.0) for a in calibration]
+            fit = {"median": float(np.median(errors)), "worst": float(np.max(errors))}
         data.update(base_ms=base, scale=scale, offset_ms=base - scale * s_full, table_full_ms=s_full,
-                    calibration=calibration, measured_points=n_points,
+                    calibration=calibration, calibration_error=fit, measured_points=n_points,
                     build_seconds=time.perf_counter() - t_start)
         log.info("latency table: %d layers, %d configs, %d points, %.1f s", len(rows), len(configs), n_points,
                  data["build_seconds"])
+        if load_spread > LOAD_WARN:
+            log.warning("the machine's speed changed by %.0f%% while the latency table was built (another process "
+                        "competing for the cores?); its relative costs are corrected for it, but for the most "
+                        "faithful table rebuild it on a quiet machine (delete %s)", 100 * (load_spread - 1),
+                        cache_dir("latency"))
+        if fit is not None and fit["worst"] > 0.2:
+            log.warning("the latency table misses its own calibration models by up to %.0f%% (median %.0f%%): "
+                        "its predictions are rough on this machine; time plans with LatencyMeasurer before "
+                        "trusting a speedup", 100 * fit["worst"], 100 * fit["median"])
         return data

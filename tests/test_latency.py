@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from pruning_env.engine import ModelGraph, apply_plan, count_macs_params
-from pruning_env.latency import LatencyMeasurer, LatencyTable, MacsModel, macs_for_kept
+from pruning_env.latency import TABLE_FORMAT_VERSION, LatencyMeasurer, LatencyTable, MacsModel, macs_for_kept
 
 X = torch.randn(1, 3, 32, 32)
 
@@ -195,7 +195,7 @@ def test_table_rejects_input_shape_mismatch(graph):
 def test_interpolation_on_a_synthetic_table():
     """One conv between two groups; a 2 x 3 grid with known values, bilinear in between."""
     data = {
-        "format": "dataawareprune.latency_table", "version": 1, "graph_signature": "s",
+        "format": "dataawareprune.latency_table", "version": TABLE_FORMAT_VERSION, "graph_signature": "s",
         "groups": [{"name": "a", "channels": 8}, {"name": "b", "channels": 16}],
         "settings": {}, "base_ms": 10.0, "scale": 2.0, "offset_ms": 0.0,
         "configs": [{"spec": {}, "in_points": [1, 8], "out_points": [1, 8, 16], "ms": [[1, 2, 4], [2, 3, 5]]}],
