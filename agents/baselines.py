@@ -29,7 +29,8 @@ __all__ = [
 
 def _pruning_env(env: gym.Env) -> Any:
     base = env.unwrapped
-    for attr in ("graph", "base_cost", "target_cost", "max_prune_ratio", "n_groups"):
+    for attr in ("cost", "kept_for_ratios", "action_for_ratio", "base_cost", "target_cost", "max_prune_ratio",
+                 "n_groups"):
         if not hasattr(base, attr):
             raise TypeError(f"{type(base).__name__} is not a DataAwarePrune environment (no {attr!r})")
     return base
@@ -37,15 +38,8 @@ def _pruning_env(env: gym.Env) -> Any:
 
 def cost_fraction(env: gym.Env, ratios: np.ndarray) -> float:
     """Cost of pruning ``ratios`` (one per group) as a fraction of the base cost, by the env's cost model."""
-    from pruning_env.engine import ModelGraph
-    from pruning_env.latency import macs_for_kept
-
     base = _pruning_env(env)
-    kept = np.array([
-        ModelGraph.n_keep(g.channels, float(r), base.round_to, base.min_channels) for g, r in zip(base.groups, ratios)
-    ])
-    cost = macs_for_kept(base.graph, kept) if base.latency_mode == "macs" else base.table.predict(kept)
-    return float(cost) / float(base.base_cost)
+    return base.cost(base.kept_for_ratios(ratios)) / float(base.base_cost)
 
 
 def scale_to_budget(env: gym.Env, weights: np.ndarray, iters: int = 40) -> np.ndarray:
@@ -77,9 +71,7 @@ def scale_to_budget(env: gym.Env, weights: np.ndarray, iters: int = 40) -> np.nd
 def ratios_to_actions(env: gym.Env, ratios: np.ndarray) -> np.ndarray:
     """Actions in [-1, 1] that request ``ratios`` (the inverse of the env's action mapping)."""
     base = _pruning_env(env)
-    # A hair more than requested, so that float round-off never keeps one channel too many.
-    r = np.minimum(base.max_prune_ratio, np.asarray(ratios, dtype=np.float64) + 1e-7)
-    return np.clip(2.0 * r / base.max_prune_ratio - 1.0, -1.0, 1.0)
+    return np.array([base.action_for_ratio(float(r)) for r in np.asarray(ratios, dtype=np.float64)])
 
 
 def attention_feature(env: gym.Env) -> tuple[str, np.ndarray]:

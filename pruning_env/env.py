@@ -129,12 +129,12 @@ class DataAwarePruneEnv(gym.Env):
     | latency_backend | ``"torch"`` | ``torch`` or ``onnxruntime`` for the table and the measurer |
     | latency_batch_size | 64 | batch size of latency measurements (eager batch 1 on CPU is mostly overhead) |
     | threads | 1 | torch threads while measuring latency (None: torch's setting); 1 is the most stable |
-    | latency_calibrate | False | fit the table's scale to measured pruned models (noisy on shared machines) |
+    | latency_calibrate | True | fit the table's slope to a dozen measured pruned models (see ``LatencyTable``) |
     | reward | ``"latency_accuracy"`` | reward name, :class:`Reward` object or callable |
     | importance | ``"attention"`` | ``attention``, ``l1``, ``bn``, ``taylor``, ``random``, ``activation`` |
     | max_prune_ratio | 0.8 | largest fraction of a group that may be pruned |
     | min_channels | 1 | channels always kept per group |
-    | round_to | 1 | kept channels rounded up to a multiple of this (hardware-friendly widths) |
+    | round_to | 8 | kept channels are a multiple of this (or the whole group): hardware-friendly widths |
     | val_samples | 1000 | validation images used for the reward (None: the whole validation split) |
     | bn_batches | 2 | training batches (of 128) to re-estimate BatchNorm statistics; 0 disables |
     | finetune_steps | 0 | SGD steps of recovery fine-tuning per episode before evaluation |
@@ -161,12 +161,12 @@ class DataAwarePruneEnv(gym.Env):
         latency_backend: str = "torch",
         latency_batch_size: int = 64,
         threads: int | None = 1,
-        latency_calibrate: bool = False,
+        latency_calibrate: bool = True,
         reward: str | Reward | Callable[[EpisodeMetrics], float] = "latency_accuracy",
         importance: str = "attention",
         max_prune_ratio: float = 0.8,
         min_channels: int = 1,
-        round_to: int = 1,
+        round_to: int = 8,
         val_samples: int | None = 1000,
         bn_batches: int = 2,
         finetune_steps: int = 0,
@@ -209,30 +209,24 @@ class DataAwarePruneEnv(gym.Env):
         self.groups = sc.graph.groups
         self.n_groups = len(self.groups)
         self._channels = np.array([g.channels for g in self.groups], dtype=np.int64)
-        # Fewest channels a group may keep: rounded up, so no group loses more than max_prune_ratio.
-        self._min_keep = np.array([
-            min(int(c), max(self.min_channels, self.round_to * math.ceil(c * (1 - self.max_prune_ratio) / self.round_to
-                                                                         - 1e-9)))
-            for c in self._channels
-        ])
+        # Widths a group may keep: multiples of round_to (kernels work on blocks of channels) or the whole
+        # group, no fewer than max_prune_ratio allows (rounded up).
+        self._allowed = [self._allowed_counts(int(c)) for c in self._channels]
+        self._min_keep = np.array([a[0] for a in self._allowed])
 
         # Cost model: the latency lookup table (built once per scenario, cached on disk) or MACs.
         self.measurer = LatencyMeasurer(
             device="cpu", batch_size=latency_batch_size, threads=threads, backend=latency_backend,
             input_shape=tuple(sc.example_inputs.shape[1:]),
         )
-        self.table = LatencyTable.build(self.graph, self.measurer, calibrate=latency_calibrate)
-        if latency == "macs":
-            self._cost = lambda kept: float(macs_for_kept(self.graph, kept))
-        else:
-            # The table's calibrated prediction is clamped at 2% of the base latency: far below
-            # anything max_prune_ratio allows, but it keeps speedups finite if a noisy table
-            # extrapolates below zero.
-            floor_ms = 0.02 * float(self.table.base_ms)
-            self._cost = lambda kept: max(floor_ms, float(self.table.predict(kept)))
-        self.base_cost = self._cost(self._channels)
+        self.table = LatencyTable.build(self.graph, self.measurer, calibrate=latency_calibrate,
+                                        round_to=self.round_to)
+        # The table's prediction is clamped at 2% of the base latency: far below anything max_prune_ratio
+        # allows, but it keeps speedups finite if a noisy table extrapolates below zero.
+        self._floor_ms = 0.02 * float(self.table.base_ms)
+        self.base_cost = self.cost(self._channels)
         self.target_cost = self.target_fraction * self.base_cost
-        floor = self._cost(self._min_keep)
+        floor = self.cost(self._min_keep)
         if floor > self.target_cost * (1 + 1e-9):
             raise ValueError(
                 f"target_latency={self.target_fraction} cannot be met: pruning every group at max_prune_ratio="
@@ -297,30 +291,70 @@ class DataAwarePruneEnv(gym.Env):
         data = self.data_features.normalised()
         return np.concatenate([layer, data], axis=1).astype(np.float32)
 
+    def _allowed_counts(self, channels: int) -> list[int]:
+        """Kept counts a group of ``channels`` may have, ascending (see ``round_to``, ``max_prune_ratio``)."""
+        r = self.round_to
+        least = max(self.min_channels, channels * (1.0 - self.max_prune_ratio) - 1e-9)
+        counts = [k for k in range(r, channels, r) if k >= least] + [channels]
+        return counts
+
+    def cost(self, kept) -> float:
+        """Predicted cost of keeping ``kept[i]`` channels in group ``i``: ms (latency modes) or MACs (``macs``).
+
+        The one cost model of the episode: the action wall, the budget features, the baselines and the
+        terminal reward (in ``table`` mode) all use it.
+        """
+        if self.latency_mode == "macs":
+            return float(macs_for_kept(self.graph, kept))
+        return max(self._floor_ms, float(self.table.predict(kept)))
+
+    def kept_for_ratios(self, ratios) -> np.ndarray:
+        """Kept channels per group when the agent requests prune ``ratios`` (one per group), wall aside."""
+        r = np.asarray(ratios, dtype=np.float64)
+        if r.shape != (self.n_groups,):
+            raise ValueError(f"expected {self.n_groups} ratios (one per group), got shape {r.shape}")
+        return np.array([self._requested_keep(t, float(x)) for t, x in enumerate(r)], dtype=np.int64)
+
+    def action_for_ratio(self, ratio: float) -> float:
+        """The action in ``[-1, 1]`` that requests prune ``ratio`` (the inverse of the action mapping)."""
+        r = min(self.max_prune_ratio, float(ratio) + 1e-7)  # a hair more: round-off never keeps one too many
+        return float(np.clip(2.0 * r / max(self.max_prune_ratio, 1e-12) - 1.0, -1.0, 1.0))
+
+    @property
+    def current_step(self) -> int:
+        """Index of the group the next action decides (``n_groups`` once the episode is over)."""
+        return self._t
+
+    def _requested_keep(self, t: int, ratio: float) -> int:
+        keep = ModelGraph.n_keep(int(self._channels[t]), ratio, self.round_to, self.min_channels)
+        allowed = self._allowed[t]
+        return next((k for k in allowed if k >= keep), allowed[-1])
+
     def _max_keep_allowed(self, t: int) -> int:
         """Largest kept count for group ``t`` that keeps the target reachable (AMC's action wall)."""
         kept = self._kept.copy()
         kept[t + 1 :] = self._min_keep[t + 1 :]
-        lo, hi = int(self._min_keep[t]), int(self._channels[t])
-        kept[t] = hi
-        if self._cost(kept) <= self.target_cost:
-            return hi
+        allowed = self._allowed[t]
+        lo, hi = 0, len(allowed) - 1
+        kept[t] = allowed[hi]
+        if self.cost(kept) <= self.target_cost:
+            return allowed[hi]
         while lo < hi:  # cost is monotone in kept[t]: binary search the largest feasible count
             mid = (lo + hi + 1) // 2
-            kept[t] = mid
-            if self._cost(kept) <= self.target_cost:
+            kept[t] = allowed[mid]
+            if self.cost(kept) <= self.target_cost:
                 lo = mid
             else:
                 hi = mid - 1
-        return lo
+        return allowed[lo]
 
     def _observation(self) -> np.ndarray | dict[str, np.ndarray]:
         t = min(self._t, self.n_groups - 1)
         kept_rest_full = self._kept.copy()
         kept_rest_min = self._kept.copy()
         kept_rest_min[t:] = self._min_keep[t:]
-        now = self._cost(kept_rest_full)
-        floor = self._cost(kept_rest_min)
+        now = self.cost(kept_rest_full)
+        floor = self.cost(kept_rest_min)
         self._wall = self._max_keep_allowed(t) if self._t < self.n_groups else int(self._channels[t])
         min_ratio = 1.0 - self._wall / self._channels[t]
         budget = np.array([
@@ -367,9 +401,7 @@ class DataAwarePruneEnv(gym.Env):
         requested = (a + 1.0) / 2.0 * self.max_prune_ratio
         t = self._t
         c = int(self._channels[t])
-        req_keep = ModelGraph.n_keep(c, requested, self.round_to, self.min_channels)
-        req_keep = max(req_keep, int(self._min_keep[t]))
-        keep = min(req_keep, self._wall)
+        keep = min(self._requested_keep(t, requested), self._wall)
         applied = 1.0 - keep / c
         self._kept[t] = keep
         self._requested.append(requested)
@@ -422,7 +454,7 @@ class DataAwarePruneEnv(gym.Env):
         if self.latency_mode == "measured":
             latency_ms = self.measurer.measure(pruned)
         else:
-            latency_ms = max(0.02 * float(self.table.base_ms), float(self.table.predict(self._kept)))
+            latency_ms = self.cost(self._kept)
         macs, params = count_macs_params(pruned, sc.example_inputs)
         timing["latency"] = time.perf_counter() - t
         target_ms = self.target_fraction * self.base_latency_ms
@@ -456,7 +488,7 @@ class DataAwarePruneEnv(gym.Env):
             app = f"{self._applied[i]:.2f}" if i < len(self._applied) else "-"
             kept = str(int(self._kept[i])) if i < self._t else "-"
             lines.append(f"{i:>3} {g.name[-28:]:<28} {g.layer_type:<9} {g.channels:>5} {req:>6} {app:>7} {kept:>5}")
-        now = self._cost(self._kept) / self.base_cost
+        now = self.cost(self._kept) / self.base_cost
         lines.append(f"cost {now:.3f} of base (target {self.target_fraction:.3f})")
         if self.last_info and self._t >= self.n_groups:
             li = self.last_info
@@ -477,7 +509,7 @@ class DataAwarePruneEnv(gym.Env):
 
     def plan_for_ratios(self, ratios) -> PruningPlan:
         """The plan this environment would build for the given per-group prune ratios."""
-        return self.graph.plan_from_ratios(ratios, self.scores, round_to=self.round_to, min_channels=self.min_channels)
+        return self.graph.plan_from_kept(self.kept_for_ratios(ratios), self.scores)
 
     def base_model(self) -> nn.Module:
         """A fresh copy of the base model."""
