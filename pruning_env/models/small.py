@@ -25,7 +25,7 @@ __all__ = ["small_resnet"]
 def small_resnet(
     num_classes: int = 10,
     input_size: int = 32,
-    widths: Sequence[int] = (16, 32),
+    widths: Sequence[int] = (32, 64),
     blocks: Sequence[int] = (2, 2),
     stem_stride: int = 1,
     in_channels: int = 3,
