@@ -1,7 +1,11 @@
-"""Grouped convolutions (ResNeXt, RegNet): whole-block plans and exact surgery."""
+"""Grouped convolutions (ResNeXt, RegNet): whole-block plans, exact surgery, torchvision models in the env."""
 
 from __future__ import annotations
 
+import math
+
+import gymnasium as gym
+import numpy as np
 import pytest
 import torch
 import torch.nn as nn
@@ -161,3 +165,44 @@ def test_shufflenet_is_still_refused_up_front() -> None:
     model = torchvision.models.shufflenet_v2_x0_5(num_classes=10).eval()
     with pytest.raises(ValueError, match="Torch-Pruning could not trace ShuffleNetV2"):
         ModelGraph(model, X[:1])
+
+
+ENV_MODELS = {
+    "resnet18": lambda: torchvision.models.resnet18(num_classes=10),
+    "mobilenet_v3_small": lambda: torchvision.models.mobilenet_v3_small(num_classes=10),
+    "efficientnet_b0": lambda: torchvision.models.efficientnet_b0(num_classes=10),
+    "regnet_x_400mf": lambda: torchvision.models.regnet_x_400mf(num_classes=10),
+    "tiny_resnext": TinyResNeXt,
+}
+
+
+@pytest.mark.slow  # a latency table per model: 15-35 s each on one core (110 s for all five), 70 s once cached
+@pytest.mark.parametrize("name", list(ENV_MODELS))
+def test_torchvision_model_runs_an_episode_on_digits(name: str, one_thread) -> None:
+    torch.manual_seed(0)
+    base = ENV_MODELS[name]()
+    # Batch 8 keeps the latency tables quick; fixed overheads then weigh more, hence a mild target.
+    e = gym.make("DataAwarePrune-v0", model=base, val_samples=64, latency_batch_size=8, target_latency=0.9)
+    env = e.unwrapped
+    e.reset(seed=0)
+    rng = np.random.default_rng(0)
+    done = False
+    while not done:
+        _, reward, term, trunc, info = e.step(rng.uniform(-1, 1, size=(1,)).astype(np.float32))
+        done = term or trunc
+    assert math.isfinite(info["speedup"]) and info["speedup"] > 1.0 and math.isfinite(reward)
+    plan = info["plan"]
+    env.graph.check_plan(plan)
+    _assert_whole_blocks(env.graph, plan)
+    with torch.no_grad():
+        out = env.last_model.eval()(torch.zeros(2, 3, 32, 32))
+    assert out.shape == (2, 10) and torch.isfinite(out).all()
+    before = {n: m.groups for n, m in env.scenario.model.named_modules() if isinstance(m, nn.Conv2d)}
+    after = {n: m for n, m in env.last_model.named_modules() if isinstance(m, nn.Conv2d)}
+    for n, groups in before.items():
+        conv = after[n]
+        if groups > 1 and groups != env.scenario.model.get_submodule(n).out_channels:  # grouped, not depthwise
+            assert conv.groups == groups and conv.in_channels % groups == 0 and conv.out_channels % groups == 0
+    if name in ("regnet_x_400mf", "tiny_resnext"):
+        assert any(g.step > 1 for g in env.graph.groups)
+    e.close()
