@@ -6,6 +6,11 @@ together (the outputs of every conv feeding one residual add, a depthwise conv a
 that expands into it, a squeeze-excitation gate and the branch it scales, ...). The classifier
 output is never pruned.
 
+Grouped convolutions (ResNeXt, RegNet: ``groups > 1`` but not depthwise) keep their number of conv
+groups, as in Torch-Pruning's ``MetaPruner``: a group that feeds or leaves such a conv is cut into
+as many equal blocks, and the same positions are kept in every block, so each conv group loses the
+same channels. Its kept counts are multiples of :attr:`PruningGroup.step`.
+
 A :class:`PruningPlan` records which channels of each group to keep. It is plain JSON, carries
 the signature of the graph it was made for, and :func:`apply_plan` re-applies it to a fresh copy
 of the base model: the same plan always yields the same pruned model.
@@ -82,6 +87,9 @@ class PruningGroup:
     out_layers: tuple[str, ...]  # modules whose output channels this group removes
     in_layers: tuple[str, ...]  # modules whose input channels this group removes
     macs: int  # per-sample MACs of the layers this group touches, at full width
+    # Kept counts must be multiples of ``step``: the number of equal blocks the channels fall into
+    # (the conv groups of the grouped convs this group touches, their lcm if several); 1 otherwise.
+    step: int = 1
 
 
 def _leaf_kind(m: nn.Module) -> str:
@@ -94,6 +102,11 @@ def _leaf_kind(m: nn.Module) -> str:
     if isinstance(m, nn.modules.batchnorm._BatchNorm):
         return "bn"
     return "other"
+
+
+def _tp_depthwise(m: nn.Module) -> bool:
+    # Torch-Pruning's own test: it prunes such a conv's groups together with its channels.
+    return isinstance(m, nn.modules.conv._ConvNd) and m.groups == m.out_channels and m.out_channels > 1
 
 
 def _as_tuple(example_inputs: Any) -> tuple:
@@ -172,11 +185,11 @@ class ModelGraph:
                     root = m
                     break
             first = candidates[0][0] if candidates else pos.get(root, 0)
-            raw.append((first, root, channels, tuple(outs), tuple(ins)))
+            raw.append((first, root, channels, tuple(outs), tuple(ins), self._channel_step(g, channels)))
         raw.sort(key=lambda r: r[0])
 
         groups: list[PruningGroup] = []
-        for i, (_first, root, channels, outs, ins) in enumerate(raw):
+        for i, (_first, root, channels, outs, ins, step) in enumerate(raw):
             out_shape = shapes.get(root, ())
             kind = _leaf_kind(root)
             if isinstance(root, nn.Conv2d):
@@ -193,7 +206,7 @@ class ModelGraph:
                 PruningGroup(
                     index=i, name=self._names[root], channels=int(channels), layer_type=kind,
                     kernel_size=int(k), stride=int(s), in_channels=int(cin), feature_size=fsize,
-                    out_layers=outs, in_layers=ins, macs=int(macs),
+                    out_layers=outs, in_layers=ins, macs=int(macs), step=step,
                 )
             )
         if not groups:
@@ -206,6 +219,39 @@ class ModelGraph:
     # -- tracing helpers ----------------------------------------------------------------------
     def _get(self, name: str) -> nn.Module:
         return self.model.get_submodule(name)
+
+    def _channel_step(self, group: tp.Group, channels: int) -> int:
+        """Blocks a group's channels fall into: the lcm of the channel groups of the layers it touches.
+
+        Torch-Pruning reports channel groups per layer (a grouped conv's ``groups``, a GroupNorm's
+        ``num_groups``) and prunes the in-channels of a grouped conv by position inside its first
+        group, so a plan is only correct when every block loses the same positions. That holds only
+        when the layer sees this group's channels one to one; through a concatenation or a split
+        it would tie this group's choice to another group's, which plans cannot express.
+        """
+        step = 1
+        for dep, idxs in group:
+            mod = dep.target.module
+            if mod not in self._names or _tp_depthwise(mod):
+                continue
+            pruner = self.dg.get_pruner_of_module(mod)
+            if pruner is None:
+                continue
+            out = self.dg.is_out_channel_pruning_fn(dep.handler)
+            n = int(pruner.get_out_channel_groups(mod) if out else pruner.get_in_channel_groups(mod))
+            if n <= 1:
+                continue
+            width = pruner.get_out_channels(mod) if out else pruner.get_in_channels(mod)
+            if width != channels or list(idxs) != list(range(channels)):
+                root = self._names.get(group[0].dep.target.module, "?")
+                raise ValueError(
+                    f"{self._names[mod]!r} ({type(mod).__name__}, {n} channel groups) shares only part of its "
+                    f"{'output' if out else 'input'} channels with the pruning group of {root!r} (through a "
+                    "concatenation or split), so its groups cannot be kept equal. Leave that group unpruned: "
+                    f"ModelGraph(model, example_inputs, ignored_layers=[model.get_submodule({root!r})])."
+                )
+            step = math.lcm(step, n)
+        return step
 
     @staticmethod
     def _forward_order(model: nn.Module, example_inputs: Any):
@@ -311,13 +357,19 @@ class ModelGraph:
 
     # -- plans --------------------------------------------------------------------------------
     @staticmethod
-    def n_keep(channels: int, ratio: float, round_to: int = 1, min_channels: int = 1) -> int:
-        """Channels kept when pruning ``ratio`` of ``channels`` (nearest, multiple of ``round_to``)."""
+    def n_keep(channels: int, ratio: float, round_to: int = 1, min_channels: int = 1, step: int = 1) -> int:
+        """Channels kept when pruning ``ratio`` of ``channels`` (nearest, multiple of ``round_to``).
+
+        ``step`` is the group's :attr:`PruningGroup.step`: the count is rounded up to a multiple of
+        both ``round_to`` and ``step``, and ``min_channels`` up to a multiple of ``step``.
+        """
         keep = channels * (1.0 - float(ratio))
-        if round_to > 1:
-            keep = round_to * math.ceil(keep / round_to - 1e-9)
+        unit = math.lcm(max(1, int(round_to)), max(1, int(step)))
+        if unit > 1:
+            keep = unit * math.ceil(keep / unit - 1e-9)
         keep = int(round(keep))
-        return int(min(channels, max(min_channels, keep)))
+        floor = step * math.ceil(max(1, min_channels) / step) if step > 1 else min_channels
+        return int(min(channels, max(floor, keep)))
 
     def plan_from_ratios(
         self,
@@ -339,7 +391,7 @@ class ModelGraph:
             r = float(ratios.get(g.name, 0.0))
             if not 0.0 <= r <= 1.0 or not math.isfinite(r):
                 raise ValueError(f"prune ratio for group {g.name} must be in [0, 1], got {r}")
-            kept.append(self.n_keep(g.channels, r, round_to, min_channels))
+            kept.append(self.n_keep(g.channels, r, round_to, min_channels, g.step))
         return self.plan_from_kept(kept, scores, seed=seed, meta=meta)
 
     def plan_from_kept(
@@ -349,7 +401,13 @@ class ModelGraph:
         seed: int | None = None,
         meta: dict | None = None,
     ) -> PruningPlan:
-        """Keep ``kept[i]`` highest-scoring channels of group ``i``; without scores, the first ones."""
+        """Keep ``kept[i]`` highest-scoring channels of group ``i``; without scores, the first ones.
+
+        A count that is not a multiple of the group's :attr:`PruningGroup.step` is rounded up to one
+        (:meth:`kept_counts` of the plan gives the counts kept). Such a group is cut into ``step``
+        equal blocks and keeps the same positions in each: those whose scores summed over the blocks
+        are highest, as Torch-Pruning's ``MetaPruner`` does for grouped convs.
+        """
         if len(kept) != len(self.groups):
             raise ValueError(f"expected {len(self.groups)} kept counts (one per group), got {len(kept)}")
         keep = {}
@@ -357,11 +415,14 @@ class ModelGraph:
             k = int(k)
             if not 1 <= k <= g.channels:
                 raise ValueError(f"group {g.name} must keep between 1 and {g.channels} channels, got {k}")
+            block = g.channels // g.step
+            per_block = math.ceil(k / g.step)
             if scores is not None:
-                idx = torch.topk(scores[g.name], k, largest=True, sorted=False).indices
-                keep[g.name] = sorted(int(i) for i in idx)
+                summed = scores[g.name].reshape(g.step, block).sum(dim=0)
+                offsets = torch.topk(summed, per_block, largest=True, sorted=False).indices.tolist()
             else:
-                keep[g.name] = list(range(k))
+                offsets = range(per_block)
+            keep[g.name] = sorted(b * block + int(o) for b in range(g.step) for o in offsets)
         return PruningPlan(
             keep=keep, channels={g.name: g.channels for g in self.groups},
             graph_signature=self.signature, seed=seed, meta=dict(meta or {}),
@@ -389,6 +450,12 @@ class ModelGraph:
             if min(k) < 0 or max(k) >= g.channels or len(set(k)) != len(k):
                 raise PlanMismatchError(
                     f"plan for group {g.name!r} has invalid channel indices (must be distinct, 0..{g.channels - 1})"
+                )
+            block = g.channels // g.step
+            if g.step > 1 and len(k) != g.step * len({i % block for i in k}):
+                raise PlanMismatchError(
+                    f"plan for group {g.name!r} breaks its grouped convolutions: it must keep the same positions "
+                    f"in each of its {g.step} blocks of {block} channels (ModelGraph.plan_from_kept does)"
                 )
         extra = set(plan.keep) - set(self._by_name)
         if extra:
@@ -522,8 +589,16 @@ def zero_removed_channels(graph: ModelGraph, plan: PruningPlan) -> nn.Module:
                 mod = dep.target.module
                 if shadow.dg.is_out_channel_pruning_fn(dep.handler) or not isinstance(mod, (nn.Conv2d, nn.Linear)):
                     continue
-                if isinstance(mod, nn.Conv2d) and mod.groups > 1:
+                if _tp_depthwise(mod):
                     continue  # a depthwise conv is pruned on its output side
+                if isinstance(mod, nn.Conv2d) and mod.groups > 1:
+                    # weight is (out, in / groups, k, k): input channel i is column i % width of the
+                    # output rows of conv group i // width.
+                    width, rows = mod.in_channels // mod.groups, mod.out_channels // mod.groups
+                    for i in idxs:
+                        grp, col = divmod(int(i), width)
+                        mod.weight[grp * rows:(grp + 1) * rows, col] = 0.0
+                    continue
                 mod.weight[:, list(idxs)] = 0.0
     return model
 
