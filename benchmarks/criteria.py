@@ -43,10 +43,10 @@ import torch
 import torch.nn as nn
 import torch_pruning as tp
 
+from benchmarks.attention_scorings import AttentionScoring
 from pruning_env.data import load_dataset
 from pruning_env.engine import ModelGraph, apply_plan
-from pruning_env.importance import available_importances, make_importance
-from pruning_env.importance.attention import ATTENTION_VERSION
+from pruning_env.importance import ATTENTION_VERSION, available_importances, make_importance
 from pruning_env.models import build_model
 from pruning_env.scenario import adapt
 from pruning_env.train import evaluate, recalibrate_bn, train
@@ -161,6 +161,7 @@ def adapted_base(name: str, data, a: Args) -> nn.Module:
     return model.eval()
 
 
+# benchmark criterion -> scoring of the trained gates (benchmarks.attention_scorings); results files record it
 ATTENTION_COMBINE = {"attention": "consensus", "attention_rank": "activation_rank", "attention_gate": "none",
                      "attention_act": "activation", "attention_odds": "activation_odds",
                      "attention_consensus": "consensus"}
@@ -234,8 +235,9 @@ def run_model(name: str, data, a: Args, done: dict | None = None, emit=None) -> 
             t0 = time.perf_counter()
             if crit in ATTENTION_COMBINE:
                 imp = make_importance("attention", model=base, graph=graph, data=data, seed=seed,
-                                      combine=ATTENTION_COMBINE[crit], steps=a.attention_steps,
-                                      batch_size=a.attention_batch, sparsity=a.attention_sparsity)
+                                      steps=a.attention_steps, batch_size=a.attention_batch,
+                                      sparsity=a.attention_sparsity)
+                imp = AttentionScoring(imp.stats, base, combine=ATTENTION_COMBINE[crit])  # the same gates
             else:
                 imp = make_importance(crit, model=base, graph=graph, data=data, seed=seed)
             scores = graph.scores(imp)

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from benchmarks import criteria
+from benchmarks.attention_scorings import COMBINE
 from pruning_env.data import load_dataset
 from pruning_env.importance import train_group_attention
 
@@ -52,6 +53,13 @@ def test_criteria_benchmark_writes_rows_and_merges_runs(shared_data, tmp_path, c
     assert "±" not in recal and "±" in finetuned
     with pytest.raises(SystemExit, match="must be below"):
         criteria.main(common[:-2] + ["--select-samples", "300", "--criteria", "l1", "--data-root", str(shared_data)])
+
+
+def test_every_attention_criterion_names_a_scoring_of_the_gates():
+    assert set(criteria.ATTENTION_COMBINE.values()) <= set(COMBINE)
+    assert criteria.ATTENTION_COMBINE["attention"] == "consensus"  # the package's own scoring
+    assert set(criteria.Args().criteria) - set(criteria.ATTENTION_COMBINE) == {"l1", "bn", "taylor", "activation",
+                                                                                "random"}
 
 
 def test_attention_sparsity_option_defaults_to_the_training_default():
