@@ -14,7 +14,7 @@ import pytest
 from stable_baselines3.common.buffers import NStepReplayBuffer
 
 import pruning_env  # noqa: F401  (registers the environments)
-from agents import Agent, EpisodicAgent, available_agents, make_agent, register_agent
+from agents import Agent, EpisodicAgent, SB3Agent, available_agents, get_agent_class, make_agent, register_agent
 from agents.amc import AMCDDPG, truncated_normal
 from agents.baselines import attention_feature, cost_fraction
 from agents.cem import CEMAgent
@@ -216,7 +216,11 @@ def test_cem_runs_generations_and_returns_a_valid_plan(env, tmp_path):
 # -- protocol and registry ---------------------------------------------------------------------------------
 def test_registry_lists_builtins_and_rejects_unknown_names(env):
     names = available_agents()
-    assert {"ppo", "a2c", "ddpg", "sac", "td3", "amc", "random", "uniform", "heuristic", "cem"} <= set(names)
+    builtins = {"ppo", "a2c", "ddpg", "sac", "td3", "amc", "random", "uniform", "heuristic", "cem"}
+    assert builtins <= set(names)
+    for name in builtins:  # each built-in name loads the class registered under that name
+        assert get_agent_class(name).agent_name == name
+    assert issubclass(get_agent_class("amc"), SB3Agent) and issubclass(get_agent_class("cem"), EpisodicAgent)
     with pytest.raises(ValueError, match="unknown agent 'nope'; valid agents: .*ppo"):
         make_agent("nope", env)
     with pytest.raises(ValueError, match="already registered"):
