@@ -17,7 +17,7 @@ Command lines::
     python -m agents.finetune --run runs/<name>
 
 Modules: :mod:`agents.protocol` (the :class:`Agent` protocol, registry, :class:`EpisodicAgent`),
-:mod:`agents.factory` (SB3 agents, :func:`make_agent`, YAML defaults), :mod:`agents.amc`,
+:mod:`agents.factory` (:func:`make_agent`, YAML defaults), :mod:`agents.sb3` (the SB3 agents), :mod:`agents.amc`,
 :mod:`agents.baselines`, :mod:`agents.cem`, :mod:`agents.train`, :mod:`agents.finetune`.
 Names are imported lazily: ``import agents`` does not import Stable-Baselines3.
 """
@@ -30,7 +30,7 @@ from typing import Any
 _EXPORTS = {
     "Agent": "protocol", "EpisodicAgent": "protocol", "EpisodeCallback": "protocol", "register_agent": "protocol",
     "available_agents": "protocol", "get_agent_class": "protocol",
-    "make_agent": "factory", "load_agent": "factory", "SB3Agent": "factory", "load_hyperparams": "factory",
+    "make_agent": "factory", "load_agent": "factory", "SB3Agent": "sb3", "load_hyperparams": "factory",
     "resolve_hyperparams": "factory",
     "AMCDDPG": "amc", "AMCAgent": "amc",
     "RandomAgent": "baselines", "UniformAgent": "baselines", "AttentionHeuristicAgent": "baselines",

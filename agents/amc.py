@@ -35,8 +35,8 @@ from stable_baselines3 import DDPG
 from stable_baselines3.common.buffers import ReplayBuffer
 from stable_baselines3.common.noise import ActionNoise
 
-from .factory import SB3Agent
 from .protocol import episode_length, register_agent
+from .sb3 import SB3Agent
 
 __all__ = ["AMCDDPG", "AMCAgent", "truncated_normal"]
 

@@ -49,7 +49,7 @@ EpisodeCallback = Callable[[dict[str, Any]], "bool | None"]
 
 @runtime_checkable
 class Agent(Protocol):
-    """What a search agent offers. SB3 algorithms are adapted to it by :mod:`agents.factory`.
+    """What a search agent offers. SB3 algorithms are adapted to it by :mod:`agents.sb3`.
 
     * ``learn(total_episodes, callback=None) -> self``: play (and learn from) ``total_episodes`` more
       episodes; call ``callback(info)`` after each, and stop early when it returns ``False``.
@@ -71,23 +71,33 @@ class Agent(Protocol):
 
 
 _REGISTRY: dict[str, type] = {}
-_BUILTINS_LOADED = False
+# The built-in agents by entry point, "module:Class", imported on first use as Gymnasium's registry
+# does: listing agents stays cheap (no Stable-Baselines3), and the agent modules depend on this one,
+# never the other way round.
+_BUILTINS: dict[str, str] = {
+    "ppo": "agents.sb3:PPOAgent", "a2c": "agents.sb3:A2CAgent", "ddpg": "agents.sb3:DDPGAgent",
+    "sac": "agents.sb3:SACAgent", "td3": "agents.sb3:TD3Agent", "amc": "agents.amc:AMCAgent",
+    "random": "agents.baselines:RandomAgent", "uniform": "agents.baselines:UniformAgent",
+    "heuristic": "agents.baselines:AttentionHeuristicAgent", "cem": "agents.cem:CEMAgent",
+}
 
 
 def register_agent(name: str) -> Callable[[type], type]:
     """Class decorator: make an agent class available to :func:`agents.make_agent` as ``name``.
 
     The class is constructed as ``cls(env, seed=seed, **hyperparams)`` (plus ``tensorboard_log`` and
-    ``verbose`` when its ``__init__`` accepts them). Registering a taken name raises ``ValueError``
-    unless it is the same class (re-imports are harmless).
+    ``verbose`` when its ``__init__`` accepts them). Registering a taken name (a built-in one
+    included) raises ``ValueError`` unless it is the same class (re-imports are harmless).
     """
     if not isinstance(name, str) or not name or name != name.strip().lower():
         raise ValueError(f"agent names are non-empty lower-case strings without spaces, got {name!r}")
 
     def decorator(cls: type) -> type:
+        entry = f"{cls.__module__}:{cls.__qualname__}"
         old = _REGISTRY.get(name)
-        if old is not None and (old.__module__, old.__qualname__) != (cls.__module__, cls.__qualname__):
-            raise ValueError(f"agent name {name!r} is already registered to {old.__module__}.{old.__qualname__}")
+        taken = f"{old.__module__}:{old.__qualname__}" if old is not None else _BUILTINS.get(name)
+        if taken is not None and taken != entry:
+            raise ValueError(f"agent name {name!r} is already registered to {taken.replace(':', '.')}")
         _REGISTRY[name] = cls
         cls.agent_name = name
         return cls
@@ -95,25 +105,18 @@ def register_agent(name: str) -> Callable[[type], type]:
     return decorator
 
 
-def _load_builtins() -> None:
-    global _BUILTINS_LOADED
-    if not _BUILTINS_LOADED:
-        _BUILTINS_LOADED = True
-        importlib.import_module("agents.factory")  # registers SB3 algorithms, amc, baselines, cem
-
-
 def available_agents() -> list[str]:
     """Names :func:`agents.make_agent` accepts, sorted."""
-    _load_builtins()
-    return sorted(_REGISTRY)
+    return sorted({*_REGISTRY, *_BUILTINS})
 
 
 def get_agent_class(name: str) -> type:
     """The class registered as ``name``; ``ValueError`` listing the valid names otherwise."""
-    _load_builtins()
     key = name.strip().lower() if isinstance(name, str) else name
+    if key not in _REGISTRY and key in _BUILTINS:
+        importlib.import_module(_BUILTINS[key].partition(":")[0])  # its @register_agent decorator registers it
     if key not in _REGISTRY:
-        raise ValueError(f"unknown agent {name!r}; valid agents: {', '.join(sorted(_REGISTRY))}")
+        raise ValueError(f"unknown agent {name!r}; valid agents: {', '.join(available_agents())}")
     return _REGISTRY[key]
 
 

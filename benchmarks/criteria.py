@@ -43,13 +43,16 @@ import torch
 import torch.nn as nn
 import torch_pruning as tp
 
+from benchmarks.attention_scorings import AttentionScoring
 from pruning_env.data import load_dataset
 from pruning_env.engine import ModelGraph, apply_plan
-from pruning_env.importance import available_importances, make_importance
-from pruning_env.importance.attention import ATTENTION_VERSION
+from pruning_env.importance import ATTENTION_VERSION, available_importances, make_importance
 from pruning_env.models import build_model
 from pruning_env.scenario import adapt
 from pruning_env.train import evaluate, recalibrate_bn, train
+
+__all__ = ["Args", "ATTENTION_COMBINE", "parse_args", "finetune", "adapted_base", "val_splits", "run_model", "table",
+           "main"]
 
 ROOT = Path(__file__).resolve().parents[1]
 log = logging.getLogger("benchmarks.criteria")
@@ -119,7 +122,8 @@ def _field_docs(cls: type) -> dict[str, str]:
             if isinstance(a, ast.AnnAssign) and isinstance(b, ast.Expr) and isinstance(b.value, ast.Constant)}
 
 
-def _parse(argv: list[str] | None = None) -> Args:
+def parse_args(argv: list[str] | None = None) -> Args:
+    """The :class:`Args` of a command line (``sys.argv[1:]`` when ``argv`` is None); exits on a bad one."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     docs = _field_docs(Args)
     for f in dataclasses.fields(Args):
@@ -138,8 +142,11 @@ def _parse(argv: list[str] | None = None) -> Args:
     return Args(**{k: tuple(v) if isinstance(v, list) else v for k, v in vars(ns).items()})
 
 
-def _finetune(model: nn.Module, data, steps: int, lr: float, batch_size: int, seed: int, device: str) -> nn.Module:
-    """SGD (momentum 0.9, nesterov, wd 5e-4), cosine to 0 over ``steps``, crops and flips."""
+def finetune(model: nn.Module, data, steps: int, lr: float, batch_size: int, seed: int, device: str) -> nn.Module:
+    """Fine-tune ``model`` in place for ``steps`` steps on ``data`` and return it in eval mode.
+
+    SGD (momentum 0.9, nesterov, wd 5e-4), learning rate cosine to 0 over ``steps``, crops and flips.
+    """
     if steps > 0:
         train(model, data, epochs=math.ceil(steps * batch_size / len(data)) + 1, lr=lr, batch_size=batch_size,
               max_steps=steps, seed=seed, progress=False, device=device)
@@ -161,12 +168,13 @@ def adapted_base(name: str, data, a: Args) -> nn.Module:
     return model.eval()
 
 
+# benchmark criterion -> scoring of the trained gates (benchmarks.attention_scorings); results files record it
 ATTENTION_COMBINE = {"attention": "consensus", "attention_rank": "activation_rank", "attention_gate": "none",
                      "attention_act": "activation", "attention_odds": "activation_odds",
                      "attention_consensus": "consensus"}
 
 
-def _val_splits(data, a: Args) -> tuple:
+def val_splits(data, a: Args) -> tuple:
     """(report split, selection split or None) of the first ``val_samples`` validation samples."""
     n = min(a.val_samples, len(data.val))
     if a.select_samples <= 0:
@@ -218,7 +226,7 @@ def run_model(name: str, data, a: Args, done: dict | None = None, emit=None) -> 
     ex = torch.randn(1, *data.input_shape)
     base = adapted_base(name, data, a)
     graph = ModelGraph(base, ex)
-    report, select = _val_splits(data, a)
+    report, select = val_splits(data, a)
     base_acc = evaluate(base, report, device=a.device)
     print(f"\n{name}: {len(graph)} groups, base val accuracy {base_acc:.4f} on {len(report)} val samples", flush=True)
     rows = []
@@ -234,8 +242,9 @@ def run_model(name: str, data, a: Args, done: dict | None = None, emit=None) -> 
             t0 = time.perf_counter()
             if crit in ATTENTION_COMBINE:
                 imp = make_importance("attention", model=base, graph=graph, data=data, seed=seed,
-                                      combine=ATTENTION_COMBINE[crit], steps=a.attention_steps,
-                                      batch_size=a.attention_batch, sparsity=a.attention_sparsity)
+                                      steps=a.attention_steps, batch_size=a.attention_batch,
+                                      sparsity=a.attention_sparsity)
+                imp = AttentionScoring(imp.stats, base, combine=ATTENTION_COMBINE[crit])  # the same gates
             else:
                 imp = make_importance(crit, model=base, graph=graph, data=data, seed=seed)
             scores = graph.scores(imp)
@@ -255,8 +264,8 @@ def run_model(name: str, data, a: Args, done: dict | None = None, emit=None) -> 
                 for ft_seed in todo[r]:
                     row = {**row, "finetune_seed": ft_seed}
                     if a.finetune_steps > 0:
-                        tuned = _finetune(copy.deepcopy(pruned), data.train, a.finetune_steps, a.finetune_lr,
-                                          a.batch_size, ft_seed, a.device)
+                        tuned = finetune(copy.deepcopy(pruned), data.train, a.finetune_steps, a.finetune_lr,
+                                         a.batch_size, ft_seed, a.device)
                         row["acc_finetuned"] = evaluate(tuned, report)
                         if select is not None:
                             row["acc_finetuned_select"] = evaluate(tuned, select)
@@ -302,7 +311,7 @@ def table(rows: list[dict], a: Args, split: str = "") -> str:
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
-    a = _parse(argv)
+    a = parse_args(argv)
     if a.merge:
         runs = [json.loads(Path(f).read_text()) for f in a.merge]
         # rows written before --finetune-seeds: one fine-tune, seeded by the then ``--seed``

@@ -21,7 +21,7 @@ from typing import Any
 
 import pandas as pd
 
-__all__ = ["remeasure", "main"]
+__all__ = ["remeasure", "summary", "main"]
 
 
 def _scenario_key(kwargs: dict[str, Any]) -> str:

@@ -19,8 +19,7 @@ import numpy as np
 import torch
 import torch_pruning as tp
 
-from .importance import make_importance
-from .importance.attention import GateStats, GroupAttentionImportance
+from .importance import GateStats, GroupAttentionImportance, make_importance
 from .profiling import profile_groups
 from .scenario import Scenario
 

@@ -49,7 +49,8 @@ import torch
 import torch.nn as nn
 
 from pruning_env.cache import atomic_write_json, cache_dir, cached_json, stable_hash, state_dict_hash
-from pruning_env.importance.attention import GateStats, _consumers, _frozen, _split, calibration_batches, dataset_key
+from pruning_env.calibration import calibration_batches, consumers, dataset_key, frozen, training_split
+from pruning_env.importance.gates import GateStats
 
 __all__ = ["GroupProfile", "profile_groups", "FEATURE_NAMES"]
 
@@ -212,11 +213,11 @@ def _activation_features(model: nn.Module, graph: Any, data: Any, num_samples: i
 
     handles = [model.register_forward_pre_hook(reset)]
     for g in graph.groups:
-        for c in _consumers(graph, g.index):
+        for c in consumers(graph, g.index):
             handles.append(model.get_submodule(c.name).register_forward_pre_hook(hook(g.index, c)))
     labels = []
     try:
-        with _frozen(model):
+        with frozen(model):
             for x, y in calibration_batches(data, num_samples, batch_size):
                 model(x)
                 for acc in accs:
@@ -245,12 +246,12 @@ def profile_groups(
         model: the network ``graph`` was built on (or a copy with the same layer names).
         graph: its :class:`~pruning_env.engine.ModelGraph`.
         data: a ``DatasetSplits`` (its train split is used) or a ``TensorImageDataset``.
-        attention_stats: trained :class:`~pruning_env.importance.attention.GateStats`, or ``None``.
+        attention_stats: trained :class:`~pruning_env.importance.gates.GateStats`, or ``None``.
         num_batches, batch_size: calibration data = the first ``num_batches * batch_size`` samples.
         gate_threshold: gate below which a channel counts as near-zero (``att_low_share``).
         cache: load/store the profile under the cache folder.
     """
-    ds = _split(data)
+    ds = training_split(data)
     num_classes = int(getattr(data, "num_classes", 0) or int(ds.y.max()) + 1)
     settings = {"num_batches": num_batches, "batch_size": batch_size, "gate_threshold": gate_threshold}
 

@@ -9,16 +9,17 @@ import pytest
 import torch
 
 from benchmarks import criteria
+from benchmarks.attention_scorings import COMBINE
 from pruning_env.data import load_dataset
 from pruning_env.importance import train_group_attention
 
 
 def test_selection_samples_are_held_apart_from_the_reported_ones(shared_data):
     data = load_dataset("cifar10", data_root=shared_data)
-    report, select = criteria._val_splits(data, criteria.Args(val_samples=300, select_samples=100))
+    report, select = criteria.val_splits(data, criteria.Args(val_samples=300, select_samples=100))
     assert len(select) == 100 and len(report) == 200
     assert torch.equal(select.x, data.val.x[:100]) and torch.equal(report.x, data.val.x[100:300])
-    report_only, none = criteria._val_splits(data, criteria.Args(val_samples=300))
+    report_only, none = criteria.val_splits(data, criteria.Args(val_samples=300))
     assert none is None and torch.equal(report_only.x, data.val.x[:300])
 
 
@@ -54,10 +55,17 @@ def test_criteria_benchmark_writes_rows_and_merges_runs(shared_data, tmp_path, c
         criteria.main(common[:-2] + ["--select-samples", "300", "--criteria", "l1", "--data-root", str(shared_data)])
 
 
+def test_every_attention_criterion_names_a_scoring_of_the_gates():
+    assert set(criteria.ATTENTION_COMBINE.values()) <= set(COMBINE)
+    assert criteria.ATTENTION_COMBINE["attention"] == "consensus"  # the package's own scoring
+    assert set(criteria.Args().criteria) - set(criteria.ATTENTION_COMBINE) == {"l1", "bn", "taylor", "activation",
+                                                                                "random"}
+
+
 def test_attention_sparsity_option_defaults_to_the_training_default():
     default = inspect.signature(train_group_attention).parameters["sparsity"].default
     assert criteria.Args().attention_sparsity == default  # the benchmark measures the shipped default
-    assert criteria._parse(["--attention-sparsity", "1.0"]).attention_sparsity == 1.0
+    assert criteria.parse_args(["--attention-sparsity", "1.0"]).attention_sparsity == 1.0
 
 
 def test_a_stopped_run_resumes_from_its_out_file(shared_data, tmp_path, monkeypatch, capsys):
@@ -65,7 +73,7 @@ def test_a_stopped_run_resumes_from_its_out_file(shared_data, tmp_path, monkeypa
     args = ["--models", "resnet20", "--criteria", "l1", "--ratios", "0.5", "--val-samples", "200",
             "--finetune-steps", "2", "--finetune-seeds", "0", "1", "--adapt-steps", "0", "--recal-batches", "2",
             "--data-root", str(shared_data), "--out", str(out)]
-    real, calls = criteria._finetune, []
+    real, calls = criteria.finetune, []
 
     def stops_on_second(*a, **kw):
         calls.append(a[5])  # the fine-tune seed
@@ -73,13 +81,13 @@ def test_a_stopped_run_resumes_from_its_out_file(shared_data, tmp_path, monkeypa
             raise KeyboardInterrupt  # as if stopped during the second fine-tune
         return real(*a, **kw)
 
-    monkeypatch.setattr(criteria, "_finetune", stops_on_second)
+    monkeypatch.setattr(criteria, "finetune", stops_on_second)
     with pytest.raises(KeyboardInterrupt):
         criteria.main(args)
     saved = json.loads(out.read_text())["rows"]
     assert [r["finetune_seed"] for r in saved] == [0]  # the first row was written when it was measured
     calls.clear()
-    monkeypatch.setattr(criteria, "_finetune", lambda *a, **kw: calls.append(a[5]) or real(*a, **kw))
+    monkeypatch.setattr(criteria, "finetune", lambda *a, **kw: calls.append(a[5]) or real(*a, **kw))
     rows = criteria.main(args)
     assert calls == [1]  # only the missing fine-tune ran
     assert [r["finetune_seed"] for r in rows] == [0, 1] and rows[0] == saved[0]
@@ -94,5 +102,5 @@ def test_a_stopped_run_resumes_from_its_out_file(shared_data, tmp_path, monkeypa
     with pytest.raises(SystemExit, match="another version of the criteria"):  # e.g. rows of an older default
         criteria.main(args)
     with pytest.raises(SystemExit):
-        criteria._parse(["--seed", "1"])
+        criteria.parse_args(["--seed", "1"])
     assert "--seed was replaced by --finetune-seeds" in capsys.readouterr().err

@@ -9,6 +9,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from benchmarks.attention_scorings import AttentionScoring
 from pruning_env.engine import ModelGraph, apply_plan
 from pruning_env.importance import (
     IMPORTANCES,
@@ -115,8 +116,8 @@ def test_attention_ranks_dead_channels_lowest(trained_small, digits):
         _kill_channels(model, graph, gi, ch)
     stats = train_group_attention(model, graph, digits, steps=60, batch_size=64, calib_samples=256)
     assert stats.meta["final_mean_gate"] < 0.9  # the sparsity pressure moved the gates
-    combined = graph.scores(GroupAttentionImportance(stats, combine="activation"))  # gate x activation
-    ranked = graph.scores(GroupAttentionImportance(stats, combine="activation_rank"))  # gate + activation rank
+    combined = graph.scores(AttentionScoring(stats, combine="activation"))  # gate x activation
+    ranked = graph.scores(AttentionScoring(stats, combine="activation_rank"))  # gate + activation rank
     default = graph.scores(GroupAttentionImportance(stats))  # consensus order (+ L1 rank for the first 30%)
     for gi, ch in dead.items():
         name = graph.group(gi).name
@@ -168,18 +169,23 @@ def test_shut_gates_compute_the_pruned_network(arch, trained_small, mobilenet):
 def test_attention_importance_looks_groups_up_by_any_coupled_layer(trained_small, digits):
     model = copy.deepcopy(trained_small)
     graph = ModelGraph(model, EX)
-    imp = GroupAttentionImportance(train_group_attention(model, graph, digits, **FAST_ATTENTION), combine="none")
+    imp = GroupAttentionImportance(train_group_attention(model, graph, digits, **FAST_ATTENTION))
     stream = next(g for g in graph.groups if len(g.out_layers) > 4)
     bn = next(n for n in stream.out_layers if isinstance(model.get_submodule(n), nn.BatchNorm2d) and n != stream.name)
     module = model.get_submodule(bn)
     group = graph.dg.get_pruning_group(module, graph.dg.get_pruner_of_module(module).prune_out_channels, [3, 0, 7])
-    assert torch.equal(imp(group), imp.stats.mean[stream.name][[3, 0, 7]])
+    key, idx = imp.locate(group)
+    assert key == stream.name and idx.tolist() == [3, 0, 7]
+    gate = AttentionScoring(imp.stats, combine="none")  # scores = the mean gates: the lookup is visible
+    assert torch.equal(gate(group), imp.stats.mean[stream.name][[3, 0, 7]])
     # a deep copy (new module objects, same names) is scored the same way
     twin = copy.deepcopy(model)
     twin_graph = ModelGraph(twin, EX)
     assert all(torch.equal(a, b) for a, b in zip(graph.scores(imp).values(), twin_graph.scores(imp).values()))
     with pytest.raises(ValueError, match="combine must be"):
-        GroupAttentionImportance(imp.stats, combine="product")
+        AttentionScoring(imp.stats, combine="product")
+    with pytest.raises(TypeError, match="combine= is gone.*benchmarks/attention_scorings.py"):
+        make_importance("attention", model=model, graph=graph, data=digits, combine="none")
     other = ModelGraph(build_model("resnet20").eval(), EX)
     with pytest.raises(KeyError, match="no attention scores"):
         other.scores(imp)
@@ -257,13 +263,13 @@ def test_rank_combination_orders_saturated_gates_by_activation():
     gates = torch.tensor([0.999, 0.999, 0.999, 0.05])
     act = torch.tensor([0.2, 3.0, 1.0, 5.0])
     stats = GateStats(mean={"g": gates}, std={"g": torch.zeros(4)}, activation={"g": act}, aliases={"g": "g"})
-    rank = GroupAttentionImportance(stats, combine="activation_rank").group_scores("g")
+    rank = AttentionScoring(stats, combine="activation_rank").group_scores("g")
     # mean of the two ranks in [0, 1]; the three tied gates share the rank (1 + 2 + 3) / 3 / 3 = 2/3
     assert rank.tolist() == pytest.approx([1 / 3, 2 / 3, 1 / 2, 1 / 2])
     assert torch.argsort(rank[:3]).tolist() == [0, 2, 1]
     assert rank[3] < rank[1]
-    assert torch.argsort(GroupAttentionImportance(stats, combine="none").group_scores("g")).tolist()[0] == 3
-    odds = GroupAttentionImportance(stats, combine="activation_odds").group_scores("g")
+    assert torch.argsort(AttentionScoring(stats, combine="none").group_scores("g")).tolist()[0] == 3
+    odds = AttentionScoring(stats, combine="activation_odds").group_scores("g")
     assert torch.argsort(odds).tolist() == [3, 0, 2, 1]  # log-odds of the gate + log activation
 
 
@@ -280,20 +286,22 @@ def test_consensus_order_removes_the_agreed_channels_first_then_follows_gate_and
     assert sorted(pos.tolist()) == pytest.approx([i / 9 for i in range(10)])
     # without the L1 consensus the first four would be 0..3: channel 4 is kept at 30 % by activation_rank
     stats = GateStats(mean={"g": gate}, std={"g": torch.zeros(10)}, activation={"g": act}, aliases={"g": "g"})
-    rank = GroupAttentionImportance(stats, combine="activation_rank")
+    rank = AttentionScoring(stats, combine="activation_rank")
     assert torch.argsort(rank.group_scores("g")).tolist()[:4] == [0, 1, 2, 3]
     # share 0: only the first removal (made with nothing gone yet) is the consensus one
     assert torch.argsort(attention.consensus_order(gate, act, l1, share=0.0)).tolist() == [4, 0, 1, 2, 3, 5, 6, 7, 8, 9]
     assert torch.argsort(attention.consensus_order(gate, act, l1, share=0.1)).tolist()[:3] == [4, 0, 1]
     with pytest.raises(ValueError, match="needs the group's weights"):
-        GroupAttentionImportance(stats).group_scores("g")  # the default is the consensus order
+        AttentionScoring(stats).group_scores("g")  # the default is the consensus order
 
 
 def test_consensus_scores_real_groups_with_the_l1_criterion_and_nests_the_ratios(trained_small, digits):
     model = copy.deepcopy(trained_small)
     graph = ModelGraph(model, EX)
     stats = train_group_attention(model, graph, digits, **FAST_ATTENTION)
-    scores = _check_scores(graph, GroupAttentionImportance(stats, combine="consensus"))
+    scores = _check_scores(graph, GroupAttentionImportance(stats))
+    benchmarked = graph.scores(AttentionScoring(stats, model, combine="consensus"))  # the benchmark's `attention`
+    assert all(torch.equal(benchmarked[k], scores[k]) for k in scores)
     l1 = graph.scores(make_importance("l1"))
     for g in graph.groups:
         expected = attention.consensus_order(stats.mean[g.name], stats.activation[g.name], l1[g.name])

@@ -19,7 +19,11 @@ def test_default_reward_prefers_accuracy_at_equal_latency_and_speed_at_equal_acc
     assert r(_m(acc=0.93)) > r(_m(acc=0.90))
     assert r(_m(lat=4.0)) > r(_m(lat=5.0))
     assert r(_m(acc=0.95, lat=10.0)) == pytest.approx(0.0)
-    assert r.low <= r(_m(acc=0.0, lat=10.0)) <= r.high
+    # R = (acc - base_acc) / base_acc + 0.1 log(base_lat / lat): half the accuracy at twice the speed
+    assert r(_m(acc=0.475, lat=5.0)) == pytest.approx(-0.5 + 0.1 * math.log(2))
+    # and clipped to its bounds: no accuracy at 10x the latency, full accuracy 1e10x faster
+    assert r(_m(acc=0.0, lat=100.0)) == r.low == -1.0  # unclipped: -1 - 0.1 log 10
+    assert r(_m(acc=0.95, lat=1e-9)) == r.high == pytest.approx(1 + 0.1 * math.log(1e3))  # unclipped: 0.1 log 1e10
 
 
 def test_amc_reward_is_minus_error_times_log_macs() -> None:

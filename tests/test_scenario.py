@@ -44,7 +44,21 @@ def test_load_scenario_with_adaptation_changes_weights_and_scenario_id(digits, o
     assert "adapted 2 steps" in adapted.weights_source and adapted.info["adapt_steps"] == 2
 
 
-def test_evaluate_leaves_the_model_where_it_was(digits) -> None:
-    model = _small(digits)
+def test_evaluate_counts_in_eval_mode_and_leaves_the_model_as_it_was(digits) -> None:
+    model = _small(digits).train()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
     acc = evaluate(model, digits.val, device="cpu", max_samples=64)
-    assert 0.0 <= acc <= 1.0 and next(model.parameters()).device.type == "cpu"
+    assert model.training and next(model.parameters()).device.type == "cpu"  # mode and device restored
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # BN statistics untouched
+    x, y = next(digits.val.iter_batches(64))
+    with torch.no_grad():
+        expected = (model.eval()(x).argmax(1) == y).float().mean().item()  # eval mode: running BN statistics
+    assert acc == pytest.approx(expected)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU to evaluate on another device")
+def test_evaluate_on_the_gpu_moves_a_cpu_model_back(digits) -> None:
+    model = _small(digits).eval()
+    on_cpu = evaluate(model, digits.val, device="cpu", max_samples=64)
+    assert evaluate(model, digits.val, device="cuda", max_samples=64) == pytest.approx(on_cpu, abs=2 / 64)
+    assert next(model.parameters()).device.type == "cpu"

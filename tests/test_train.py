@@ -49,8 +49,11 @@ class Batches:
             yield self.x[i : i + batch_size], self.y[i : i + batch_size]
 
 
-def test_default_device():
-    assert default_device().type == ("cuda" if torch.cuda.is_available() else "cpu")
+def test_default_device_is_the_gpu_when_there_is_one(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert default_device() == torch.device("cuda")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert default_device() == torch.device("cpu")
 
 
 def test_train_reaches_high_accuracy_on_digits(digits):

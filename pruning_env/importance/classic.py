@@ -1,20 +1,14 @@
-"""Classic channel criteria as ``torch_pruning`` importance objects, and the criteria registry.
+"""Classic channel criteria as ``torch_pruning`` importance objects (higher = more important).
 
-=============  ===================================================================================
-name           criterion
-=============  ===================================================================================
-``l1``         group L1 norm of the weights of every coupled layer (Torch-Pruning ``GroupMagnitudeImportance(p=1)``)
-``bn``         |gamma| of the group's BN layers, Network Slimming (Torch-Pruning ``BNScaleImportance``)
-``taylor``     |w * dL/dw| summed per channel over the group (Torch-Pruning ``GroupTaylorImportance``),
-               on gradients accumulated over calibration batches by :meth:`CalibratedTaylorImportance.calibrate`
-``random``     uniform random scores, reproducible per (seed, group)
-``activation`` mean |input| a channel feeds to the layers consuming it, over calibration batches
-``attention``  group attention (:mod:`pruning_env.importance.attention`), the default: the first 30 % of
-               a group removed where gate, activation and L1 ranks agree, the rest by gate and
-               activation rank (``combine=`` picks another way)
-=============  ===================================================================================
+Torch-Pruning provides ``l1`` (``GroupMagnitudeImportance``) and ``bn`` (``BNScaleImportance``)
+as they are; this module adds what they lack for a search on a fixed model:
 
-Higher scores mean more important; :func:`make_importance` builds any of them by name.
+* :class:`CalibratedTaylorImportance`: Taylor importance on gradients stored at calibration, so
+  scores do not depend on whatever ``.grad`` holds later;
+* :class:`MeanActivationImportance`: the mean ``|input|`` a channel feeds its consumers;
+* :class:`SeededRandomImportance`: random scores reproducible per (seed, group).
+
+:func:`pruning_env.importance.make_importance` builds any criterion by name.
 """
 
 from __future__ import annotations
@@ -29,15 +23,12 @@ import torch.nn.functional as F
 import torch_pruning as tp
 from torch_pruning.pruner import function
 
-from pruning_env.importance.attention import GroupAttentionImportance, _frozen, _split, calibration_batches
+from pruning_env.calibration import calibration_batches, frozen
 
 __all__ = [
     "CalibratedTaylorImportance",
     "MeanActivationImportance",
     "SeededRandomImportance",
-    "IMPORTANCES",
-    "make_importance",
-    "available_importances",
 ]
 
 
@@ -131,7 +122,7 @@ class MeanActivationImportance(tp.importance.GroupMagnitudeImportance):
         handles = [m.register_forward_pre_hook(hook(n)) for n, m in model.named_modules()
                    if isinstance(m, (nn.Conv2d, nn.Linear))]
         try:
-            with _frozen(model):
+            with frozen(model):
                 for x, _y in calibration_batches(data, num_batches * batch_size, batch_size):
                     model(x)
                     count["n"] += x.shape[0]
@@ -172,64 +163,3 @@ class SeededRandomImportance(tp.importance.Importance):
         gen = torch.Generator().manual_seed(self.seed * 1_000_003 + zlib.crc32(name.encode()))
         width = max(int(i) for i in idxs) + 1
         return torch.rand(width, generator=gen)[torch.as_tensor(list(idxs), dtype=torch.long)]
-
-
-# -- registry ----------------------------------------------------------------------------------
-def _need(name: str, **things: Any) -> None:
-    missing = [k for k, v in things.items() if v is None]
-    if missing:
-        raise ValueError(f"importance {name!r} needs {', '.join(missing)} (calibration on data)")
-
-
-def _attention(model=None, graph=None, data=None, seed=0, **kw) -> tp.importance.Importance:
-    _need("attention", model=model, graph=graph, data=data)
-    return GroupAttentionImportance.fit(model, graph, data, seed=seed, **kw)
-
-
-def _taylor(model=None, graph=None, data=None, seed=0, num_batches=8, batch_size=64, **kw):
-    _need("taylor", model=model, data=data)
-    return CalibratedTaylorImportance(**kw).calibrate(model, _split(data), num_batches, batch_size)
-
-
-def _activation(model=None, graph=None, data=None, seed=0, num_batches=8, batch_size=64, **kw):
-    _need("activation", model=model, data=data)
-    return MeanActivationImportance(**kw).calibrate(model, _split(data), num_batches, batch_size)
-
-
-IMPORTANCES: dict[str, Callable[..., tp.importance.Importance]] = {
-    "attention": _attention,
-    "l1": lambda model=None, graph=None, data=None, seed=0, **kw: tp.importance.GroupMagnitudeImportance(p=1, **kw),
-    "bn": lambda model=None, graph=None, data=None, seed=0, **kw: tp.importance.BNScaleImportance(**kw),
-    "taylor": _taylor,
-    "random": lambda model=None, graph=None, data=None, seed=0, **kw: SeededRandomImportance(seed, **kw),
-    "activation": _activation,
-}
-
-
-def available_importances() -> list[str]:
-    """Names :func:`make_importance` accepts, the default (``attention``) first."""
-    return list(IMPORTANCES)
-
-
-def make_importance(
-    name: str = "attention",
-    model: nn.Module | None = None,
-    graph: Any = None,
-    data: Any = None,
-    seed: int = 0,
-    **kw: Any,
-) -> tp.importance.Importance:
-    """Build the channel criterion ``name`` (see the module docstring).
-
-    ``attention``, ``taylor`` and ``activation`` calibrate on ``data`` (a ``DatasetSplits``, whose
-    train split is used, or a ``TensorImageDataset``) with ``model``; ``attention`` also needs the
-    ``graph`` and caches its gates. ``seed`` seeds ``random`` and the attention training. Other
-    keyword arguments go to the criterion's builder (e.g. ``steps=`` for attention).
-
-    Raises:
-        ValueError: unknown ``name`` (the message lists the valid ones), or missing model/data.
-    """
-    key = name.strip().lower() if isinstance(name, str) else name
-    if key not in IMPORTANCES:
-        raise ValueError(f"unknown importance {name!r}; valid names: {', '.join(available_importances())}")
-    return IMPORTANCES[key](model=model, graph=graph, data=data, seed=seed, **kw)
