@@ -55,8 +55,9 @@ import torch
 import yaml
 from tqdm.auto import tqdm
 
-from .factory import SB3Agent, make_agent, resolve_hyperparams
+from .factory import make_agent, resolve_hyperparams
 from .protocol import get_agent_class
+from .sb3 import SB3Agent
 
 __all__ = ["TrainOptions", "EpisodeRecorder", "run_search", "seed_everything", "run_metadata", "main",
            "CSV_COLUMNS"]

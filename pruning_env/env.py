@@ -211,7 +211,7 @@ class DataAwarePruneEnv(gym.Env):
         self._channels = np.array([g.channels for g in self.groups], dtype=np.int64)
         # Widths a group may keep: multiples of round_to (kernels work on blocks of channels) or the whole
         # group, no fewer than max_prune_ratio allows (rounded up).
-        self._allowed = [self._allowed_counts(int(c)) for c in self._channels]
+        self._allowed = [self._allowed_counts(g.channels, g.step) for g in self.groups]
         self._min_keep = np.array([a[0] for a in self._allowed])
 
         # Cost model: the latency lookup table (built once per scenario, cached on disk) or MACs.
@@ -291,12 +291,13 @@ class DataAwarePruneEnv(gym.Env):
         data = self.data_features.normalised()
         return np.concatenate([layer, data], axis=1).astype(np.float32)
 
-    def _allowed_counts(self, channels: int) -> list[int]:
-        """Kept counts a group of ``channels`` may have, ascending (see ``round_to``, ``max_prune_ratio``)."""
-        r = self.round_to
+    def _allowed_counts(self, channels: int, step: int = 1) -> list[int]:
+        """Kept counts a group may have, ascending: multiples of ``round_to`` and of the group's ``step``
+        (grouped convs keep the same number per conv group), and the whole group; no fewer than
+        ``max_prune_ratio`` and ``min_channels`` allow."""
+        unit = math.lcm(self.round_to, max(1, int(step)))
         least = max(self.min_channels, channels * (1.0 - self.max_prune_ratio) - 1e-9)
-        counts = [k for k in range(r, channels, r) if k >= least] + [channels]
-        return counts
+        return [k for k in range(unit, channels, unit) if k >= least] + [channels]
 
     def cost(self, kept) -> float:
         """Predicted cost of keeping ``kept[i]`` channels in group ``i``: ms (latency modes) or MACs (``macs``).
@@ -326,7 +327,7 @@ class DataAwarePruneEnv(gym.Env):
         return self._t
 
     def _requested_keep(self, t: int, ratio: float) -> int:
-        keep = ModelGraph.n_keep(int(self._channels[t]), ratio, self.round_to, self.min_channels)
+        keep = ModelGraph.n_keep(int(self._channels[t]), ratio, self.round_to, self.min_channels, self.groups[t].step)
         allowed = self._allowed[t]
         return next((k for k in allowed if k >= keep), allowed[-1])
 

@@ -530,38 +530,37 @@ def _time_points(u: _Unit, points: Sequence[tuple[int, int]], measurer: LatencyM
     return ms, ref
 
 
-def _calibration_anchors(channels: np.ndarray, round_to: int = 1) -> list[list[int]]:
+def _calibration_anchors(
+    channels: np.ndarray, round_to: int = 1, steps: Sequence[int] | None = None
+) -> list[list[int]]:
     """Kept counts of the calibration models (deterministic).
 
     Uniform models keeping 1/4, 1/2 and 3/4 of every group, :data:`CALIBRATION_PLANS` random ones (half
     keeping 20-100% of each group, half 20-60%: the range that plans at a 2x target live in), all rounded
-    to ``round_to`` as the environment rounds. With ``round_to == 1`` also the half-width model plus one
-    channel per group: kernels work on blocks of 8 or 16 channels, so 8/16/32 channels per stage of a
-    CIFAR ResNet is unusually fast for its size and 9/17/33 unusually slow (1.8x at batch 64 in torch).
+    to ``round_to`` (and each group's ``steps``: grouped convs) as the environment rounds. With
+    ``round_to == 1`` also the half-width model plus one channel (one ``step``) per group: kernels work
+    on blocks of 8 or 16 channels, so 8/16/32 channels per stage of a CIFAR ResNet is unusually fast for
+    its size and 9/17/33 unusually slow (1.8x at batch 64 in torch).
     """
     rng = np.random.default_rng(0)
     n = len(channels)
+    steps = [1] * n if steps is None else [int(s) for s in steps]
 
     def keep(fractions) -> list[int]:
-        return [ModelGraph.n_keep(int(c), 1.0 - float(f), round_to) for c, f in zip(channels, fractions)]
+        return [ModelGraph.n_keep(int(c), 1.0 - float(f), round_to, 1, s)
+                for c, f, s in zip(channels, fractions, steps)]
 
     anchors = [keep([f] * n) for f in (0.25, CALIBRATION_KEEP, 0.75)]
     anchors += [keep(rng.uniform(0.2, 1.0, n)) for _ in range(CALIBRATION_PLANS - CALIBRATION_PLANS // 2)]
     anchors += [keep(rng.uniform(0.2, 0.6, n)) for _ in range(CALIBRATION_PLANS // 2)]
     if round_to == 1:
-        anchors.append([min(int(c), k + 1) for k, c in zip(anchors[1], channels)])
+        anchors.append([min(int(c), k + s) for k, c, s in zip(anchors[1], channels, steps)])
     full = [int(c) for c in channels]
     unique = []
     for a in anchors:
         if a != full and a not in unique:
             unique.append(a)
     return unique
-
-
-def _plan_with_counts(graph: ModelGraph, kept: Sequence[int]) -> PruningPlan:
-    plan = graph.full_plan()
-    plan.keep = {g.name: list(range(k)) for g, k in zip(graph.groups, kept)}
-    return plan
 
 
 def _segments(xs: np.ndarray, x: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -797,11 +796,13 @@ class LatencyTable:
         for u, spec in zip(units, specs):
             key = stable_hash(spec)
             if key not in index:
-                step = u.out_channels // u.in_channels if u.kind == "depthwise" else 1
+                # depthwise: whole channel multipliers; grouped conv: the same count per conv group
+                step = u.out_channels // u.in_channels if u.kind == "depthwise" else getattr(u.module, "groups", 1)
                 index[key] = len(configs)
                 configs.append({
                     "spec": spec, "unit": u,
-                    "in_points": _axis_points(u.in_channels, spec["vary_in"], grid, 1, round_to),
+                    "in_points": _axis_points(u.in_channels, spec["vary_in"], grid, step if u.kind == "conv" else 1,
+                                              round_to),
                     "out_points": _axis_points(u.out_channels, spec["vary_out"], grid, step, round_to),
                 })
             rows.append({"name": u.name, "kind": u.kind, "config": index[key],
@@ -854,8 +855,8 @@ class LatencyTable:
         if not calibrate:
             base = measurer.measure_many([graph.model])[0]["median_ms"]
         else:
-            anchors = _calibration_anchors(full, round_to)
-            models = [apply_plan(graph.model, _plan_with_counts(graph, kept), example_inputs=graph.example_inputs)
+            anchors = _calibration_anchors(full, round_to, [g.step for g in graph.groups])
+            models = [apply_plan(graph.model, graph.plan_from_kept(kept), example_inputs=graph.example_inputs)
                       for kept in anchors]
             # one session, base and calibration models interleaved run by run: drift hits all alike
             base, *measured = (s["median_ms"] for s in measurer.measure_many([graph.model, *models]))
