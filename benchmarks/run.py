@@ -6,7 +6,8 @@
 
 One folder per benchmark (``results/<profile>`` unless ``--out``): ``runs/`` holds each search's
 run folder (as written by ``python -m agents.train``), ``done/`` one JSON file per finished run,
-``results.csv`` one row per run, ``leaderboard.md`` and ``plots/*.png``. A rerun skips finished
+``results.csv`` one row per run, ``leaderboard.md`` (agents ranked on measured latency:
+:mod:`benchmarks.measured`) and ``plots/*.png``. A rerun skips finished
 runs and resumes an interrupted search from its last checkpoint, so a killed benchmark loses at
 most the run in flight. Runs recorded with another channel scoring than this version's (an older
 default criterion: ``pruning_env.importance.scoring_version``) are moved to ``stale/`` and run again.
@@ -27,6 +28,7 @@ from typing import Any
 import pandas as pd
 from tqdm import tqdm
 
+from .measured import measured_columns, run_facts
 from .profiles import BenchScenario, Profile, get_profile
 
 __all__ = ["RunSpec", "plan_runs", "run_one", "run_benchmark", "main"]
@@ -122,6 +124,11 @@ def run_one(spec: RunSpec) -> dict[str, Any]:
                speedup_measured=final["speedup_measured"], latency_ms=final["pruned"]["latency_ms"],
                base_latency_ms=final["base"]["latency_ms"], torch_threads=torch.get_num_threads(),
                run_seconds=time.perf_counter() - t0, ratios=json.dumps(final["plan_ratios"]))
+    # The leaderboard ranks on measured latency: the target, the cost model's error, a miss flag and the
+    # search reward recomputed with the measured latency (benchmarks.measured).
+    config_path = run_dir / "config.json"
+    row.update(run_facts(json.loads(config_path.read_text()) if config_path.exists() else {}, final))
+    row.update(measured_columns(row))
     spec.done_file.parent.mkdir(parents=True, exist_ok=True)
     tmp = spec.done_file.with_suffix(".tmp")
     tmp.write_text(json.dumps(row, indent=1, default=str))
