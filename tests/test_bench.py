@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -25,13 +26,20 @@ def test_quick_benchmark_writes_report_and_skips_finished_runs(tmp_path) -> None
                    episodes=2, description="test")
     df = run_benchmark(prof, out=tmp_path)
     assert len(df) == 2 and set(df["agent"]) == {"uniform", "random"}
-    for col in ("best_reward", "val_accuracy", "test_accuracy", "speedup_measured", "macs_ratio", "torch_threads"):
+    for col in ("best_reward", "val_accuracy", "test_accuracy", "speedup_measured", "macs_ratio", "torch_threads",
+                "reward_measured", "speedup_error", "target_speedup", "misses_target"):
         assert df[col].notna().all(), col
-    assert (df["macs_ratio"] > 1.0).all()
+    assert (df["macs_ratio"] > 1.0).all() and (df["target_speedup"] == 2.0).all()  # default target_latency 0.5
+    assert (df["reward"] == "latency_accuracy").all() and df["misses_target"].isin([True, False]).all()
+    # The search's reward with the measured instead of the predicted speedup: only the latency term moves.
+    moved = 0.1 * (df["speedup_measured"] / df["speedup_table"]).map(math.log)
+    assert (df["reward_measured"] - df["best_reward"]).tolist() == pytest.approx(moved.tolist(), abs=1e-9)
     board = (tmp_path / "leaderboard.md").read_text()
     assert "uniform" in board and "±" in board and "quoted, not measured here" in board
+    assert "Ranked by mean `reward_measured`" in board and "misses target (measured)" in board
     assert sorted(p.name for p in (tmp_path / "plots").glob("*.png")) == [
-        "accuracy_vs_speedup.png", "learning_digits-small_resnet.png", "ratios_digits-small_resnet.png"]
+        "accuracy_vs_speedup_digits-small_resnet.png", "learning_digits-small_resnet.png",
+        "ratios_digits-small_resnet.png"]
     assert len(pd.read_csv(tmp_path / "results.csv")) == 2
     # A rerun skips both finished runs: their result files are untouched.
     stamps = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "done").glob("*.json")}
