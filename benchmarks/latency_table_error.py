@@ -1,178 +1,197 @@
-"""How well does the latency lookup table predict measured latency? ResNet-56 on CIFAR-sized inputs.
+"""Does the environment's predicted speedup match the speedup measured on this machine?
 
-For every backend and batch size: build (or load) the :class:`~pruning_env.latency.LatencyTable`,
-sample random plans (per-group keep ratio uniform in [0.2, 1.0], seeded), physically prune the model
-for each, measure all pruned models and the full model end to end in interleaved rounds (one run of
-each model per round, so that load from other processes hits every model alike), and print predicted
-vs measured milliseconds. Three predictors are compared: the calibrated table (what the environment
-uses), the uncalibrated table (constant overhead, ``scale = 1``) and MACs scaled to the full model's
-latency.
+For every model, backend and batch size: build (or load) the :class:`~pruning_env.latency.LatencyTable`
+with the environment's settings (``round_to``, calibration), take random plans (per-group prune ratio
+uniform in ``[0, max_prune_ratio]``, rounded as the environment rounds, seeded) and the best plans of the
+agents in benchmark folders (``--runs``), physically prune the model for each, time the full model and
+every pruned one in interleaved rounds (one run of each model per round: base and pruned alternately, so
+that load from other processes hits every model alike), and compare the predicted speedup
+(``info["speedup"]`` of an episode: table base latency / predicted latency) with the measured one.
 
-On a shared machine the load changes between the table's build and the measurements: the summary
-shows that drift of the full model, the gap between two identical models measured side by side (the
-noise floor), and the error of predicted speedups over the full model, which the drift cancels out of.
+The summary gives, per model and configuration, the median and worst ``|predicted / measured - 1|``
+over random plans and over agents' plans, the drift of the full model since the table was built, and the
+gap between two identical models measured side by side (the noise floor).
 
-    python -m benchmarks.latency_table_error
-    python -m benchmarks.latency_table_error --batch-sizes 1 --plans 10 --backends torch
+    python -m benchmarks.latency_table_error                                    # env defaults, 3 models
+    python -m benchmarks.latency_table_error --runs results/quick               # plus the agents' best plans
+    python -m benchmarks.latency_table_error --round-to 1 --no-calibrate        # the defaults before v2
+    python -m benchmarks.latency_table_error --backends torch onnxruntime --batch-sizes 1 64
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import json
 import platform
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 import torch
 
-from pruning_env.engine import ModelGraph, apply_plan
-from pruning_env.latency import LatencyMeasurer, LatencyTable, MacsModel, available_backends
+from pruning_env.engine import ModelGraph, PlanMismatchError, PruningPlan, apply_plan
+from pruning_env.latency import LatencyMeasurer, LatencyTable, available_backends
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "pretrained"
+__all__ = ["Args", "parse_args", "random_plans", "agent_plans", "measure_errors", "summarise", "main"]
 
 
 @dataclass(frozen=True)
 class Args:
-    model: str = "resnet56"
-    """registered model name (``pruning_env.models``)"""
-    backends: tuple[str, ...] = ("torch", "onnxruntime")
+    models: tuple[str, ...] = ("small_resnet", "resnet20", "resnet56")
+    """registered model names (``pruning_env.models``); latency does not depend on the weights"""
+    backends: tuple[str, ...] = ("torch",)
     """latency backends; onnxruntime is skipped with a message when it is not installed"""
-    batch_sizes: tuple[int, ...] = (1, 64)
-    """batch sizes for the torch backend"""
-    onnx_batch_sizes: tuple[int, ...] = (1,)
-    """batch sizes for the onnxruntime backend"""
+    batch_sizes: tuple[int, ...] = (64,)
+    """batch sizes (the environment's default is 64)"""
     plans: int = 20
-    """random plans per configuration"""
+    """random plans per model"""
+    runs: tuple[str, ...] = ()
+    """benchmark folders (``python -m benchmarks.run``) whose runs' ``best_plan.json`` are measured too"""
+    round_to: int = 8
+    """kept channels are multiples of this, as in the environment (its default: 8)"""
+    calibrate: bool = True
+    """fit the table to measured pruned models, as the environment does by default"""
+    max_prune_ratio: float = 0.8
+    """largest prune ratio of a random plan (the environment's default)"""
     repeats: int = 30
     """timed runs per model (median), for the table and for the end-to-end measurements"""
-    rounds: int | None = None
-    """interleaved rounds over all models of one configuration (default: one run per model per round)"""
     threads: int = 1
-    """intra-op threads; 1 is the stable choice on a shared machine"""
+    """intra-op threads (the environment's default: 1)"""
     seed: int = 0
     """seed of the random plans"""
-    cache: bool = False
-    """reuse tables from the on-disk cache; off by default so that the table is built under the same
-    machine load as the end-to-end measurements it is compared with (a shared machine drifts)"""
+    cache: bool = True
+    """reuse the environment's cached tables (what an episode predicts with); --no-cache builds them now"""
+    out: str | None = None
+    """write every plan's row and the summary to this JSON file"""
 
 
 def parse_args(argv: list[str] | None = None) -> Args:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     d = Args()
-    p.add_argument("--model", default=d.model)
+    p.add_argument("--models", nargs="+", default=list(d.models))
     p.add_argument("--backends", nargs="+", default=list(d.backends), choices=["torch", "onnxruntime"])
     p.add_argument("--batch-sizes", nargs="+", type=int, default=list(d.batch_sizes))
-    p.add_argument("--onnx-batch-sizes", nargs="+", type=int, default=list(d.onnx_batch_sizes))
     p.add_argument("--plans", type=int, default=d.plans)
+    p.add_argument("--runs", nargs="*", default=list(d.runs), help="benchmark folders with runs/*/best_plan.json")
+    p.add_argument("--round-to", type=int, default=d.round_to)
+    p.add_argument("--no-calibrate", dest="calibrate", action="store_false")
+    p.add_argument("--max-prune-ratio", type=float, default=d.max_prune_ratio)
     p.add_argument("--repeats", type=int, default=d.repeats)
-    p.add_argument("--rounds", type=int, default=d.rounds, help="default: --repeats")
     p.add_argument("--threads", type=int, default=d.threads)
     p.add_argument("--seed", type=int, default=d.seed)
-    p.add_argument("--cache", action="store_true", help="reuse cached tables instead of building them now")
+    p.add_argument("--no-cache", dest="cache", action="store_false", help="build the tables now")
+    p.add_argument("--out", default=d.out)
     a = p.parse_args(argv)
-    return Args(model=a.model, backends=tuple(a.backends), batch_sizes=tuple(a.batch_sizes),
-                onnx_batch_sizes=tuple(a.onnx_batch_sizes), plans=a.plans, repeats=a.repeats, rounds=a.rounds,
-                threads=a.threads, seed=a.seed, cache=a.cache)
+    return Args(models=tuple(a.models), backends=tuple(a.backends), batch_sizes=tuple(a.batch_sizes), plans=a.plans,
+                runs=tuple(a.runs), round_to=a.round_to, calibrate=a.calibrate, max_prune_ratio=a.max_prune_ratio,
+                repeats=a.repeats, threads=a.threads, seed=a.seed, cache=a.cache, out=a.out)
 
 
-def load_model(name: str) -> torch.nn.Module | None:
-    try:
-        from pruning_env.models import build_model
-    except ImportError as exc:
-        print(f"skipped: pruning_env.models is not available ({exc})")
-        return None
-    model = build_model(name)
-    weights = SHARED / f"cifar10_{name}.pth"
-    if weights.exists():  # weights do not change latency; loaded for realism only
-        model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
-        print(f"weights: {weights}")
-    else:
-        print("weights: random initialisation (latency does not depend on them)")
-    return model.eval()
+def random_plans(graph: ModelGraph, n: int, seed: int, round_to: int, max_prune_ratio: float) -> list[PruningPlan]:
+    """``n`` plans with per-group prune ratios uniform in ``[0, max_prune_ratio]``, rounded like the env."""
+    rng = np.random.default_rng(seed)
+    plans = []
+    for _ in range(n):
+        ratios = rng.uniform(0.0, max_prune_ratio, len(graph.groups))
+        kept = [ModelGraph.n_keep(g.channels, r, round_to, 1, g.step) for g, r in zip(graph.groups, ratios)]
+        plans.append(graph.plan_from_kept(kept))
+    return plans
 
 
-def run_config(args: Args, model, graph: ModelGraph, plans, backend: str, batch: int) -> dict[str, float]:
+def agent_plans(graph: ModelGraph, model: str, folders: tuple[str, ...]) -> list[tuple[str, PruningPlan]]:
+    """(run name, best plan) of every run in ``folders`` searched on ``model`` whose plan fits ``graph``."""
+    found = []
+    for folder in folders:
+        for path in sorted(Path(folder).glob("runs/*/best_plan.json")):
+            config = json.loads((path.parent / "config.json").read_text())
+            if config.get("options", {}).get("env_kwargs", {}).get("model", "small_resnet") != model:
+                continue
+            plan = PruningPlan.load(path)
+            try:
+                graph.check_plan(plan)
+            except PlanMismatchError as exc:
+                print(f"skipped {path}: {exc}")
+                continue
+            found.append((path.parent.name, plan))
+    return found
+
+
+def measure_errors(args: Args, model: torch.nn.Module, graph: ModelGraph, plans: list[tuple[str, str, PruningPlan]],
+                   backend: str, batch: int) -> list[dict[str, Any]]:
+    """One row per plan: predicted and measured speedup on this configuration."""
     measurer = LatencyMeasurer(batch_size=batch, threads=args.threads, repeats=args.repeats, backend=backend,
-                               input_shape=(3, 32, 32))
-    print(f"\n== backend={backend} batch={batch} ==")
-    print("measurer:", measurer.describe())
+                               input_shape=tuple(graph.example_inputs.shape[1:]))
     t = time.perf_counter()
-    table = LatencyTable.build(graph, measurer, cache=args.cache)
+    table = LatencyTable.build(graph, measurer, cache=args.cache, calibrate=args.calibrate, round_to=args.round_to)
     src = "loaded from cache" if table.from_cache else f"built in {table.build_seconds:.1f} s"
-    print(f"table: {src} ({time.perf_counter() - t:.1f} s wall); {table}")
-    for a in table.to_dict().get("calibration") or []:
-        print(f"  calibration model with {sorted(set(a['kept']))} channels per group: measured "
-              f"{a['measured_ms']:.3f} ms, uncalibrated table {a['table_ms']:.3f} ms, "
-              f"calibrated {a['predicted_ms']:.3f} ms")
-
-    example = torch.randn(1, 3, 32, 32)
-    pruned = [apply_plan(model, plan, example) for plan in plans]
+    print(f"table: {src} ({time.perf_counter() - t:.1f} s wall); {table}; calibration error "
+          f"{table.calibration_error}; reference layer spread during the build {table.load_spread:.2f}x")
+    pruned = [apply_plan(model, plan, graph.example_inputs) for _, _, plan in plans]
     t = time.perf_counter()
     # a second copy of the full model shows the noise floor of the measurement itself
-    stats = measurer.measure_many([model, copy.deepcopy(model), *pruned], rounds=args.rounds)
+    stats = measurer.measure_many([model, copy.deepcopy(model), *pruned])
     print(f"end-to-end measurement of {len(stats)} models: {time.perf_counter() - t:.1f} s")
-    base_measured, twin = stats[0]["median_ms"], stats.pop(1)["median_ms"]
-    print(f"full model: table base {table.base_ms:.3f} ms, measured now {base_measured:.3f} ms "
-          f"(p10 {stats[0]['p10']:.3f}, p90 {stats[0]['p90']:.3f}); an identical copy measured {twin:.3f} ms")
-
-    macs = MacsModel(graph)
-    raw_offset = table.base_ms - table.table_ms(table.channels)  # the uncalibrated table: constant overhead
+    base, twin = stats[0]["median_ms"], stats[1]["median_ms"]
     rows = []
-    for plan, s in zip(plans, stats[1:]):
+    for (kind, name, plan), s in zip(plans, stats[2:]):
         kept = graph.kept_counts(plan)
-        frac = macs.predict(kept) / macs.base_macs
-        rows.append({
-            "keep": float(np.mean(np.asarray(kept) / table.channels)), "MACs %": 100 * frac,
-            "pred ms": table.predict(kept), "uncal ms": raw_offset + table.table_ms(kept),
-            "MACs ms": table.base_ms * frac, "measured ms": s["median_ms"],
-        })
-    df = pd.DataFrame(rows)
-    m = df["measured ms"]
-    for col, name in (("pred ms", "err %"), ("uncal ms", "err uncal %"), ("MACs ms", "err MACs %")):
-        df[name] = 100 * (df[col] - m) / m
-    # speedups over the full model, each side from one session: immune to drift of the machine's load
-    df["speedup pred"] = table.base_ms / df["pred ms"]
-    df["speedup meas"] = base_measured / m
-    df["err speedup %"] = 100 * (df["speedup pred"] - df["speedup meas"]) / df["speedup meas"]
-    digits = {c: (1 if "%" in c else 2 if "keep" in c or "speedup" in c else 3) for c in df.columns}
-    print(df.round(digits).to_string())
-    errs = df[["err %", "err uncal %", "err MACs %", "err speedup %"]].abs().median()
-    out = {
-        "backend": backend, "batch": batch, "table %": errs["err %"], "uncal %": errs["err uncal %"],
-        "MACs %": errs["err MACs %"], "speedup %": errs["err speedup %"], "build s": table.build_seconds,
-        "base drift %": 100 * (base_measured / table.base_ms - 1),
-        "noise floor %": 100 * abs(twin - base_measured) / base_measured,
-    }
-    print(f"median |relative error|: table {out['table %']:.1f}% (target <= 10%), uncalibrated {out['uncal %']:.1f}%, "
-          f"MACs proxy {out['MACs %']:.1f}%, speedup {out['speedup %']:.1f}%; full model {out['base drift %']:+.1f}% "
-          f"since the table was built; two identical models measured {out['noise floor %']:.1f}% apart")
-    return out
+        predicted = table.base_ms / max(0.02 * table.base_ms, table.predict(kept))  # as the env computes it
+        measured = base / s["median_ms"]
+        rows.append({"backend": backend, "batch": batch, "kind": kind, "plan": name,
+                     "speedup_predicted": predicted, "speedup_measured": measured,
+                     "error": predicted / measured - 1.0, "pruned_ms": s["median_ms"], "base_ms": base,
+                     "table_base_ms": table.base_ms, "noise_floor": abs(twin / base - 1.0),
+                     "calibration_error": (table.calibration_error or {}).get("worst"),
+                     "load_spread": table.load_spread})
+    return rows
 
 
-def main(argv: list[str] | None = None) -> None:
+def summarise(df: pd.DataFrame) -> pd.DataFrame:
+    """Median and worst ``|predicted / measured - 1|`` (%) per model, configuration and kind of plan."""
+    g = df.assign(abs_error=100 * df["error"].abs()).groupby(["model", "backend", "batch", "kind"])
+    out = g.agg(plans=("abs_error", "size"), median_error_pct=("abs_error", "median"),
+                worst_error_pct=("abs_error", "max"), mean_bias_pct=("error", lambda e: 100 * e.mean()),
+                speedup_measured_min=("speedup_measured", "min"), speedup_measured_max=("speedup_measured", "max"),
+                noise_floor_pct=("noise_floor", lambda e: 100 * e.iloc[0]))
+    return out.reset_index()
+
+
+def main(argv: list[str] | None = None) -> pd.DataFrame:
     args = parse_args(argv)
     print(f"args: {args}")
     print(f"python {platform.python_version()}, torch {torch.__version__}, {platform.platform()}")
-    model = load_model(args.model)
-    if model is None:
-        return
-    example = torch.randn(1, 3, 32, 32)
-    graph = ModelGraph(model, example)
-    rng = np.random.default_rng(args.seed)
-    plans = [graph.plan_from_ratios(1.0 - rng.uniform(0.2, 1.0, len(graph.groups))) for _ in range(args.plans)]
-    configs = [("torch", b) for b in args.batch_sizes] if "torch" in args.backends else []
-    if "onnxruntime" in args.backends:
-        if "onnxruntime" in available_backends():
-            configs += [("onnxruntime", b) for b in args.onnx_batch_sizes]
-        else:
-            print("onnxruntime is not installed: skipping that backend (pip install dataawareprune[onnx])")
-    summary = pd.DataFrame([run_config(args, model, graph, plans, *cfg) for cfg in configs])
-    print("\n== summary: median |relative error| of predicted vs measured ms, build time of the table ==")
+    from pruning_env.models import build_model
+
+    configs = [(b, n) for b in args.backends for n in args.batch_sizes]
+    if "onnxruntime" in args.backends and "onnxruntime" not in available_backends():
+        print("onnxruntime is not installed: skipping that backend (pip install dataawareprune[onnx])")
+        configs = [c for c in configs if c[0] != "onnxruntime"]
+    rows = []
+    for name in args.models:
+        model = build_model(name).eval()  # random weights: latency does not depend on them
+        graph = ModelGraph(model, torch.randn(1, 3, 32, 32))
+        plans = [("random", f"random-{i}", p) for i, p in
+                 enumerate(random_plans(graph, args.plans, args.seed, args.round_to, args.max_prune_ratio))]
+        plans += [("agent", run, p) for run, p in agent_plans(graph, name, args.runs)]
+        for backend, batch in configs:
+            print(f"\n== {name}: backend={backend} batch={batch}, {len(plans)} plans ==")
+            part = pd.DataFrame(measure_errors(args, model, graph, plans, backend, batch)).assign(model=name)
+            print(part[["kind", "plan", "speedup_predicted", "speedup_measured", "error"]].round(3).to_string())
+            rows.append(part)
+    df = pd.concat(rows, ignore_index=True)
+    summary = summarise(df)
+    print("\n== summary: |predicted / measured speedup - 1| in % (target: median <= 10, worst <= 20) ==")
     print(summary.to_string(index=False, float_format=lambda v: f"{v:.1f}"))
+    if args.out:
+        Path(args.out).write_text(json.dumps({"args": asdict(args), "torch": torch.__version__,
+                                              "rows": df.to_dict("records"),
+                                              "summary": summary.to_dict("records")}, indent=1, default=str))
+        print(f"wrote {args.out}")
+    return summary
 
 
 if __name__ == "__main__":

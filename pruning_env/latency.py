@@ -37,6 +37,7 @@ from torch import nn
 
 from .cache import cache_dir, cached_json, stable_hash
 from .engine import LayerInfo, ModelGraph, PlanMismatchError, PruningPlan, apply_plan
+from .train import pinned_threads
 
 __all__ = ["LatencyMeasurer", "LatencyTable", "MacsModel", "macs_for_kept", "available_backends", "DEFAULT_GRID"]
 
@@ -82,16 +83,6 @@ def available_backends() -> list[str]:
     except ImportError:
         return ["torch"]
     return ["torch", "onnxruntime"]
-
-
-@contextlib.contextmanager
-def _torch_threads(n: int) -> Iterator[None]:
-    prev = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(prev)
 
 
 def _hardware(device: torch.device) -> str:
@@ -234,7 +225,7 @@ class LatencyMeasurer:
         times: list[list[float]] = [[] for _ in models]
         with contextlib.ExitStack() as stack:
             if self.backend == "torch":
-                stack.enter_context(_torch_threads(self.threads))
+                stack.enter_context(pinned_threads(self.threads))
                 stack.enter_context(torch.inference_mode())
             fns = [stack.enter_context(self._runner(m, x)) for m, x in zip(models, xs)]
             for fn in fns:

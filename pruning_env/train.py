@@ -9,6 +9,7 @@ of tensors ``(x, y)``, or any iterable of ``(x, y)`` batches.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import math
 import time
@@ -21,7 +22,26 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 from tqdm.auto import tqdm
 
-__all__ = ["default_device", "evaluate", "recalibrate_bn", "train", "finetune"]
+__all__ = ["default_device", "evaluate", "recalibrate_bn", "train", "finetune", "pinned_threads"]
+
+@contextlib.contextmanager
+def pinned_threads(n: int | None) -> Iterator[None]:
+    """Run the block with ``torch.set_num_threads(n)`` (restored afterwards); ``None`` leaves it alone.
+
+    Two processes that each use torch's default intra-op threads on the same cores slow each other
+    down 20-30x (OpenMP workers spin-wait for a core the other process holds); a fixed count per
+    process avoids that.
+    """
+    if n is None:
+        yield
+        return
+    prev = torch.get_num_threads()
+    torch.set_num_threads(int(n))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(prev)
+
 
 def default_device() -> torch.device:
     """``cuda`` when a GPU is available, else ``cpu``."""

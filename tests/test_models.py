@@ -138,7 +138,7 @@ def test_vgg_configs_and_input_size_check():
 def test_small_resnet_is_small_and_fits_a_fixed_batch():
     torch.manual_seed(0)
     model = build_model("small_resnet")
-    assert 20_000 < sum(p.numel() for p in model.parameters()) < 100_000
+    assert 100_000 < sum(p.numel() for p in model.parameters()) < 300_000  # 32/64 channels: 170 K
     x, y = torch.randn(20, 3, 32, 32), torch.arange(20) % 10
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)
     first = None
