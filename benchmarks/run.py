@@ -248,7 +248,8 @@ def run_benchmark(profile: str | Profile, out: str | Path | None = None, seeds: 
         prof = replace(prof, scenarios=[s for s in prof.scenarios if s.name in scenarios])
     out = Path(out or Path("results") / prof.name)
     out.mkdir(parents=True, exist_ok=True)
-    cores = os.cpu_count() or 1
+    # the cores this process may run on (taskset, cgroups), not all the machine's
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     threads = max(1, cores // max(1, workers))
     specs = plan_runs(prof, out, seeds or prof.seeds, episodes or prof.episodes, threads)
     stale = _set_aside_stale(specs, out)
