@@ -150,7 +150,7 @@ class DataAwarePruneEnv(gym.Env):
     - v0, behaviour 2 (2026-11-30): latency that holds when measured. ``round_to=8`` (widths that are
       multiples of 8: odd widths run up to 2x slower in oneDNN at batch 64), the latency table (format 2)
       timed at every allowed width of narrow layers and calibrated by default against a dozen measured
-      pruned models (the uncalibrated table overestimated speedups by up to 80%), ``eval_threads``
+      pruned models (the uncalibrated table overestimated speedups by up to 86%), ``eval_threads``
       pinned per episode, and the default network widened to 32/64 channels (at 16/32 with
       ``round_to=8`` every plan at the 0.5 target was nearly the same). Group attention scored by the
       consensus order (behaviour 1 used the gate rank; earlier the gates alone).
