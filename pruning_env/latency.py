@@ -816,7 +816,6 @@ class LatencyTable:
         # divided by it: the reference's own speed depends on what it runs beside (caches), and dividing
         # by it doubled the table's error on a quiet machine (ResNet-20, 20 plans: worst 18.6% vs 7.5%).
         reference = _reference(measurer)
-        ref_ms = measurer.measure_many([reference[0]], [reference[1]])[0]["median_ms"]
         refs: list[float] = []
 
         def timed(u, points):
@@ -849,7 +848,7 @@ class LatencyTable:
             "groups": [{"name": g.name, "channels": g.channels} for g in graph.groups],
             "settings": measurer.describe(), "grid": [float(f) for f in grid], "scan": scan, "round_to": round_to,
             "configs": configs, "units": rows, "scale": 1.0, "offset_ms": 0.0, "base_ms": 0.0,
-            "reference_ms": ref_ms, "load_spread": load_spread,
+            "reference_ms": float(np.median(refs)) if refs else None, "load_spread": load_spread,
         }
         probe = cls(data)  # to evaluate the uncalibrated table sum
         full = probe.channels
