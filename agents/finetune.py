@@ -109,10 +109,13 @@ def _onnx_check(path: Path, model: torch.nn.Module, x: torch.Tensor, atol: float
 def finetune_run(opts: FinetuneOptions, env: gym.Env | None = None) -> dict[str, Any]:
     """Fine-tune, evaluate, measure and export the best plan of ``opts.run``; returns ``final.json``'s content.
 
-    ``env``: an already built environment of the run's configuration to reuse (it is not closed).
+    The run's scenario and measurer come from its back end (:func:`pruning_env.env.make_backend` of the
+    search's environment arguments; built once per process). ``env``: an environment of the run's
+    configuration whose back end to reuse instead.
     """
     import pruning_env  # noqa: F401  (registers the environments)
     from pruning_env.engine import PruningPlan, apply_plan, count_macs_params
+    from pruning_env.env import make_backend
     from pruning_env.export import export_onnx, load_pruned, save_pruned
     from pruning_env.models import available_models
     from pruning_env.train import default_device, evaluate, recalibrate_bn, train
@@ -129,16 +132,16 @@ def finetune_run(opts: FinetuneOptions, env: gym.Env | None = None) -> dict[str,
 
     t0 = time.perf_counter()
     seed_everything(opts.seed)
-    own_env = env is None
-    if own_env:
+    if env is None:
         env_kwargs = dict(config["options"]["env_kwargs"])
         if opts.data_root is not None:
             env_kwargs["data_root"] = opts.data_root
-        env = gym.make(config["options"]["env"], **env_kwargs)
+        backend = make_backend(config["options"]["env"], **env_kwargs)
     elif env.spec is not None and env.spec.id != config["options"]["env"]:
         raise ValueError(f"the given env is {env.spec.id!r} but the run searched {config['options']['env']!r}")
-    base_env = env.unwrapped
-    sc = base_env.scenario
+    else:
+        backend = env.unwrapped.backend
+    sc = backend.scenario
     device = torch.device(opts.device) if opts.device else default_device()
     pruned = apply_plan(sc.model, plan, sc.example_inputs)
 
@@ -154,7 +157,7 @@ def finetune_run(opts: FinetuneOptions, env: gym.Env | None = None) -> dict[str,
     acc_after = evaluate(pruned, sc.data.test, device=device)
     pruned = pruned.cpu().eval()
 
-    latency = measure_speedup(base_env.measurer, sc.model, pruned, rounds=opts.latency_rounds)
+    latency = measure_speedup(backend.measurer, sc.model, pruned, rounds=opts.latency_rounds)
     base_macs, base_params = count_macs_params(sc.model, sc.example_inputs)
     macs, params = count_macs_params(pruned, sc.example_inputs)
 
@@ -171,9 +174,8 @@ def finetune_run(opts: FinetuneOptions, env: gym.Env | None = None) -> dict[str,
         onnx_file = export_onnx(pruned, run / "pruned_model.onnx", input_shape)
         export.update(onnx_file=onnx_file.name, onnx_check=_onnx_check(onnx_file, pruned, x, opts.onnx_atol))
 
-    predicted = None
-    if hasattr(base_env, "table"):
-        predicted = float(base_env.table.base_ms) / float(base_env.table.predict_plan(plan))
+    kept = backend.graph.kept_counts(plan)
+    predicted = backend.base_cost / backend.cost(kept) if backend.table is not None else None
     final = {
         "run": run.name, "plan_file": str(plan_path), "plan_ratios": plan.ratios(), "plan_meta": plan.meta,
         "options": asdict(opts), "device": str(device),
@@ -188,8 +190,6 @@ def finetune_run(opts: FinetuneOptions, env: gym.Env | None = None) -> dict[str,
         "total_seconds": time.perf_counter() - t0, **run_metadata(),
     }
     (run / "final.json").write_text(json.dumps(final, indent=2, default=str))
-    if own_env:
-        env.close()
     check = export.get("onnx_check", {})
     if check.get("checked") and not check["matches"]:
         raise RuntimeError(f"ONNX export differs from PyTorch by {check['max_abs_diff']:.2e} > {opts.onnx_atol}")

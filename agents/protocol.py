@@ -133,8 +133,16 @@ def episode_length(env: gym.Env) -> int:
 
 
 def step_index(env: gym.Env, obs: np.ndarray) -> int:
-    """The group an observation of a pruning environment is about (from its ``position`` feature)."""
+    """The group the agent decides now: the environment's ``current_step`` (clamped to the last group).
+
+    Environments without ``current_step`` (other pruning environments following the same observation
+    layout) are read from the observation's ``position`` feature.
+    """
     n = episode_length(env)
+    base = env.unwrapped if hasattr(env, "unwrapped") else env
+    step = getattr(base, "current_step", None)
+    if step is not None:
+        return min(int(step), n - 1)
     flat = obs["layer"] if isinstance(obs, dict) else obs
     return int(round(float(np.asarray(flat).reshape(-1)[0]) * max(1, n - 1)))
 

@@ -24,8 +24,9 @@ Rerunning the same command with the same ``--name`` continues from the checkpoin
 ``episodes.csv`` after the checkpoint are dropped (their episodes are played again), so no row is
 duplicated. ``--episodes`` may be raised to extend a finished run. A resumed run continues the
 saved agent but not the exact random streams, so it is not bitwise identical to an uninterrupted one.
-A run folder made with other options, or searched with another channel scoring (``importance_version``
-in ``config.json``), is refused.
+A run folder made with other options, or under another behaviour record of the back end (``behaviour``,
+``scoring``, ``latency_table_format`` in ``config.json``; :meth:`pruning_env.backend.PruningBackend.behaviour`),
+is refused.
 """
 
 from __future__ import annotations
@@ -148,20 +149,21 @@ def run_metadata() -> dict[str, Any]:
 
 
 def _env_description(env: gym.Env) -> dict[str, Any]:
-    base = env.unwrapped
+    """What config.json records about the environment: its spaces and, for a pruning environment, its
+    back end's description (settings, base measurements, the behaviour record) and the task."""
     out: dict[str, Any] = {"observation_space": str(env.observation_space), "action_space": str(env.action_space)}
-    for key in ("n_groups", "base_accuracy", "base_latency_ms", "base_macs", "base_params", "target_fraction",
-                "latency_mode", "importance_name", "importance_version", "construction_seconds"):
-        if hasattr(base, key):
-            value = getattr(base, key)
-            out[key] = value.item() if hasattr(value, "item") else value
-    if hasattr(base, "feature_names"):
-        out["feature_names"] = list(base.feature_names)
-    if hasattr(base, "scenario") and hasattr(base.scenario, "describe"):
-        out["scenario"] = base.scenario.describe()
-    if hasattr(base, "reward_fn") and hasattr(base.reward_fn, "describe"):
-        out["reward"] = base.reward_fn.describe()
+    base = env.unwrapped
+    backend = getattr(base, "backend", None)
+    if backend is not None:
+        out.update(backend.describe())
+        out.update(target_fraction=base.target_fraction, feature_names=list(base.feature_names),
+                   reward=base.reward_fn.describe(), construction_seconds=base.construction_seconds)
     return out
+
+
+def _behaviour(env: gym.Env) -> dict[str, Any] | None:
+    backend = getattr(env.unwrapped, "backend", None)
+    return backend.behaviour() if backend is not None else None
 
 
 def _write_json(path: Path, data: Any) -> None:
@@ -282,13 +284,14 @@ def run_search(opts: TrainOptions, env: gym.Env | None = None) -> dict[str, Any]
     elif env.spec is not None and env.spec.id != opts.env:
         raise ValueError(f"the given env is {env.spec.id!r} but the options say {opts.env!r}")
     if saved_config is not None:
-        saved = saved_config.get("env", {}).get("importance_version")
-        now = getattr(env.unwrapped, "importance_version", None)
-        if saved != now:  # e.g. a run folder from before the default channel scoring changed
+        env_record = saved_config.get("env", {})
+        saved = {k: env_record.get(k) for k in (_behaviour(env) or {})}
+        now = _behaviour(env)
+        if now is not None and saved != now:  # e.g. a run folder from before a default changed
             if own_env:
                 env.close()
-            raise ValueError(f"run folder {run} was searched with channel scoring {saved!r}, this version scores "
-                             f"channels with {now!r}: resuming would mix the two; use another --name")
+            raise ValueError(f"run folder {run} was searched under {saved}, this version is {now} (see the "
+                             "environment manual's version history): resuming would mix the two; use another --name")
     writer = None
     if opts.tensorboard:
         from torch.utils.tensorboard import SummaryWriter

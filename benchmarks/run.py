@@ -9,8 +9,9 @@ run folder (as written by ``python -m agents.train``), ``done/`` one JSON file p
 ``results.csv`` one row per run, ``leaderboard.md`` (agents ranked on measured latency:
 :mod:`benchmarks.measured`) and ``plots/*.png``. A rerun skips finished
 runs and resumes an interrupted search from its last checkpoint, so a killed benchmark loses at
-most the run in flight. Runs recorded with another channel scoring than this version's (an older
-default criterion: ``pruning_env.importance.scoring_version``) are moved to ``stale/`` and run again.
+most the run in flight. Runs recorded under another behaviour record than this version's (behaviour of
+the defaults, channel scoring, table format: ``pruning_env.backend.behaviour_record``) are moved to
+``stale/`` and run again.
 """
 
 from __future__ import annotations
@@ -82,7 +83,7 @@ def _transfer(spec: RunSpec, row: dict[str, Any]) -> dict[str, Any]:
     info["plan"].save(run / "best_plan.json")
     row.update(best_reward=float(reward), val_accuracy=float(info["accuracy"]), base_val_accuracy=info["base_accuracy"],
                speedup_table=float(info["speedup"]), macs_ratio=float(info["macs_ratio"]), episodes=0,
-               importance_version=getattr(env.unwrapped, "importance_version", None))
+               behaviour=json.dumps(env.unwrapped.backend.behaviour(), sort_keys=True))
     return row
 
 
@@ -115,7 +116,7 @@ def run_one(spec: RunSpec) -> dict[str, Any]:
                    search_seconds=float(state.get("wall_time", 0.0)),
                    base_val_accuracy=config.get("env", {}).get("base_accuracy"),
                    versions=json.dumps(config.get("versions", {})), hardware=json.dumps(config.get("hardware", {})),
-                   importance_version=config.get("env", {}).get("importance_version"))
+                   behaviour=json.dumps(_recorded_behaviour(config.get("env", {})), sort_keys=True))
     final = finetune_run(FinetuneOptions(run=str(run_dir), epochs=spec.finetune_epochs, progress=False,
                                          onnx=False, seed=spec.seed))
     row.update(test_accuracy=final["pruned"]["test_accuracy"], base_test_accuracy=final["base"]["test_accuracy"],
@@ -208,27 +209,40 @@ def _execute(specs: list[RunSpec], workers: int, backend: str) -> list[dict[str,
     return results
 
 
+def _recorded_behaviour(env_record: dict[str, Any]) -> dict[str, Any]:
+    from pruning_env.backend import behaviour_record
+
+    return {k: env_record.get(k) for k in behaviour_record()}
+
+
 def _set_aside_stale(specs: list[RunSpec], out: Path) -> list[str]:
-    """Move runs measured with another channel scoring than this version's (their ``done/`` file and run
-    folder) to ``stale/<time>/``, so that they are measured again instead of mixed into the results."""
-    from pruning_env.importance import scoring_version
+    """Move runs made under another behaviour record than this version's (their ``done/`` file and run
+    folder; :func:`pruning_env.backend.behaviour_record`) to ``stale/<time>/``, so that they are measured
+    again instead of mixed into the results."""
+    from pruning_env.backend import behaviour_record
 
     dest, moved = out / "stale" / time.strftime("%Y%m%d-%H%M%S"), []
     for s in specs:
         run_dir, config = Path(s.out) / "runs" / s.name, Path(s.out) / "runs" / s.name / "config.json"
         if s.done_file.exists():
-            recorded = json.loads(s.done_file.read_text()).get("importance_version")
+            recorded = json.loads(json.loads(s.done_file.read_text()).get("behaviour") or "null")
         elif config.exists():
-            recorded = json.loads(config.read_text()).get("env", {}).get("importance_version")
+            recorded = _recorded_behaviour(json.loads(config.read_text()).get("env", {}))
         else:
             continue
-        if recorded != scoring_version(s.scenario.env_kwargs.get("importance", "attention")):
+        kw = s.scenario.env_kwargs
+        now = behaviour_record(kw.get("importance", "attention"), kw.get("latency", _default_latency(s)))
+        if recorded is None or {k: recorded.get(k) for k in now} != now:
             dest.mkdir(parents=True, exist_ok=True)
             for p in (s.done_file, run_dir):
                 if p.exists():
                     p.rename(dest / p.name)
             moved.append(s.name)
     return moved
+
+
+def _default_latency(spec: RunSpec) -> str:
+    return "macs" if "MACs" in spec.scenario.env_id else "measured" if "Measured" in spec.scenario.env_id else "table"
 
 
 def run_benchmark(profile: str | Profile, out: str | Path | None = None, seeds: int | None = None,

@@ -45,6 +45,9 @@ _register()
 def __getattr__(name: str):  # lazy public API: importing the package stays cheap
     table = {
         "DataAwarePruneEnv": ("env", "DataAwarePruneEnv"),
+        "make_backend": ("env", "make_backend"),
+        "PruningBackend": ("backend", "PruningBackend"),
+        "BackendConfig": ("backend", "BackendConfig"),
         "ModelGraph": ("engine", "ModelGraph"),
         "PruningPlan": ("engine", "PruningPlan"),
         "apply_plan": ("engine", "apply_plan"),
@@ -66,5 +69,6 @@ def __getattr__(name: str):  # lazy public API: importing the package stays chea
 
 __all__ = [
     "ENV_IDS", "DETERMINISTIC_ENV_IDS", "DataAwarePruneEnv", "ModelGraph", "PruningPlan", "apply_plan",
-    "count_macs_params", "load_scenario", "Scenario", "make_reward", "EpisodeMetrics", "load_pruned", "save_pruned",
+    "count_macs_params", "make_backend", "PruningBackend", "BackendConfig", "load_scenario", "Scenario",
+    "make_reward", "EpisodeMetrics", "load_pruned", "save_pruned",
 ]

@@ -14,6 +14,7 @@ import pytest
 from stable_baselines3.common.buffers import NStepReplayBuffer
 
 import pruning_env  # noqa: F401  (registers the environments)
+import pruning_env.backend
 from agents import Agent, EpisodicAgent, SB3Agent, available_agents, get_agent_class, make_agent, register_agent
 from agents.amc import AMCDDPG, truncated_normal
 from agents.baselines import attention_feature, cost_fraction
@@ -278,10 +279,11 @@ def test_train_cli_writes_files_and_resumes_without_duplicates(tmp_path):
     with pytest.raises(ValueError, match="other settings"):
         main([a if a != "ppo" else "a2c" for a in args])
 
-    # a run folder searched with another channel scoring (e.g. before the default changed) is not resumed
-    assert config["env"]["importance_version"] == pruning_env.importance.scoring_version("attention")
-    (run / "config.json").write_text(json.dumps({**config, "env": {**config["env"], "importance_version": "old"}}))
-    with pytest.raises(ValueError, match="channel scoring 'old'.*use another --name"):
+    # a run folder searched under another behaviour record (e.g. before a default changed) is not resumed
+    assert config["env"]["behaviour"] == pruning_env.backend.BEHAVIOUR
+    assert config["env"]["scoring"] == pruning_env.importance.scoring_version("attention")
+    (run / "config.json").write_text(json.dumps({**config, "env": {**config["env"], "scoring": "old"}}))
+    with pytest.raises(ValueError, match="'scoring': 'old'.*use another --name"):
         main([a if a != "4" else "5" for a in [a if a != "2" else "4" for a in args]])
 
 

@@ -17,7 +17,7 @@ import pytest
 from benchmarks.profiles import BenchScenario, Profile
 from benchmarks.run import run_benchmark
 from benchmarks.speedups import remeasure, summary
-from pruning_env.importance import scoring_version
+from pruning_env.backend import BEHAVIOUR, behaviour_record
 
 
 @pytest.mark.e2e
@@ -47,14 +47,15 @@ def test_quick_benchmark_writes_report_and_skips_finished_runs(tmp_path) -> None
     assert stamps == {p.name: p.stat().st_mtime_ns for p in (tmp_path / "done").glob("*.json")}
     row = json.loads((tmp_path / "done" / "digits-small_resnet__uniform__0.json").read_text())
     assert row["episodes"] == 2
-    # A run measured with another channel scoring (an older default) is set aside and measured again.
+    # A run measured under another behaviour record (an older default) is set aside and measured again.
     done = tmp_path / "done" / "digits-small_resnet__uniform__0.json"
-    assert row["importance_version"] == scoring_version("attention")
-    done.write_text(json.dumps({**row, "importance_version": "attention-v2-old"}))
+    assert json.loads(row["behaviour"]) == behaviour_record("attention")
+    older = {**behaviour_record("attention"), "behaviour": BEHAVIOUR - 1}
+    done.write_text(json.dumps({**row, "behaviour": json.dumps(older)}))
     run_benchmark(prof, out=tmp_path)
-    assert json.loads(done.read_text())["importance_version"] == scoring_version("attention")
+    assert json.loads(json.loads(done.read_text())["behaviour"]) == behaviour_record("attention")
     (old,) = (tmp_path / "stale").iterdir()
-    assert json.loads((old / done.name).read_text())["importance_version"] == "attention-v2-old"
+    assert json.loads(json.loads((old / done.name).read_text())["behaviour"]) == older
     assert (old / "digits-small_resnet__uniform__0" / "config.json").exists()  # its run folder went with it
     random_done = tmp_path / "done" / "digits-small_resnet__random__0.json"
     assert random_done.stat().st_mtime_ns == stamps[random_done.name]  # the current run was kept
