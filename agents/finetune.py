@@ -33,7 +33,7 @@ import torch
 
 from .train import build_parser, options_from_args, run_metadata, seed_everything
 
-__all__ = ["FinetuneOptions", "finetune_run", "measure_speedup", "main"]
+__all__ = ["FinetuneOptions", "finetune_run", "measure_speedup", "model_outputs", "onnx_check", "main"]
 
 
 @dataclass(frozen=True)
@@ -86,13 +86,15 @@ def measure_speedup(measurer: Any, base: torch.nn.Module, pruned: torch.nn.Modul
             "base_runs_ms": base_ms, "pruned_runs_ms": pruned_ms, "measurer": measurer.describe()}
 
 
-def _outputs(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+def model_outputs(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``model(x)`` on the CPU in eval mode, without gradients."""
     model = model.eval().cpu()
     with torch.no_grad():
         return model(x)
 
 
-def _onnx_check(path: Path, model: torch.nn.Module, x: torch.Tensor, atol: float) -> dict[str, Any]:
+def onnx_check(path: Path, model: torch.nn.Module, x: torch.Tensor, atol: float) -> dict[str, Any]:
+    """Run the ONNX file in onnxruntime on ``x`` and compare with ``model``'s outputs (largest abs difference)."""
     try:
         import onnxruntime as ort
     except ImportError:
@@ -101,7 +103,7 @@ def _onnx_check(path: Path, model: torch.nn.Module, x: torch.Tensor, atol: float
     opts.log_severity_level = 3
     session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
     got = session.run(None, {session.get_inputs()[0].name: x.numpy()})[0]
-    diff = float(np.abs(got - _outputs(model, x).numpy()).max())
+    diff = float(np.abs(got - model_outputs(model, x).numpy()).max())
     return {"checked": True, "max_abs_diff": diff, "atol": atol, "matches": diff <= atol,
             "onnxruntime": ort.__version__}
 
@@ -169,10 +171,10 @@ def finetune_run(opts: FinetuneOptions, env: gym.Env | None = None) -> dict[str,
     export: dict[str, Any] = {"model_file": model_file.name}
     if sc.model_name in available_models():  # load_pruned rebuilds registered architectures by name
         reloaded, _ = load_pruned(model_file)
-        export["reload_max_abs_diff"] = float((_outputs(reloaded, x) - _outputs(pruned, x)).abs().max())
+        export["reload_max_abs_diff"] = float((model_outputs(reloaded, x) - model_outputs(pruned, x)).abs().max())
     if opts.onnx:
         onnx_file = export_onnx(pruned, run / "pruned_model.onnx", input_shape)
-        export.update(onnx_file=onnx_file.name, onnx_check=_onnx_check(onnx_file, pruned, x, opts.onnx_atol))
+        export.update(onnx_file=onnx_file.name, onnx_check=onnx_check(onnx_file, pruned, x, opts.onnx_atol))
 
     kept = backend.graph.kept_counts(plan)
     predicted = backend.base_cost / backend.cost(kept) if backend.table is not None else None

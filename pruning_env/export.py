@@ -48,8 +48,9 @@ def save_pruned(
 def load_pruned(path: str | Path, model: nn.Module | None = None) -> tuple[nn.Module, PruningPlan]:
     """Load a file written by :func:`save_pruned`; returns ``(pruned model in eval mode, plan)``.
 
-    ``model``: an unpruned instance of the architecture, needed only for models that are not in
-    the registry (a user's own ``nn.Module``); its weights are irrelevant.
+    ``model``: an unpruned instance of the architecture, needed only for models that are neither in
+    the registry nor a ``"package.module:function"`` name (a user's own ``nn.Module`` object); its weights
+    are irrelevant.
     """
     path = Path(path)
     blob = load_weights_only(path, "pruned model file", "Write pruned models with pruning_env.save_pruned.")
@@ -57,7 +58,11 @@ def load_pruned(path: str | Path, model: nn.Module | None = None) -> tuple[nn.Mo
         raise ValueError(f"{path} is not a DataAwarePrune pruned-model file (written by save_pruned)")
     arch = json.loads(blob["arch"])
     plan = PruningPlan.from_json(blob["plan"])
-    if model is None:
+    if model is None and ":" in arch["model"]:  # a user's "package.module:function"
+        from .scenario import build_user_model
+
+        model = build_user_model(arch["model"], num_classes=arch["num_classes"])
+    elif model is None:
         from .models import build_model
 
         model = build_model(arch["model"], num_classes=arch["num_classes"], input_size=arch["input_shape"][-1])

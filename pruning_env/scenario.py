@@ -16,6 +16,9 @@ them changes.
 
 from __future__ import annotations
 
+import importlib
+import inspect
+
 import logging
 import time
 from dataclasses import dataclass, field
@@ -32,7 +35,7 @@ from .engine import ModelGraph
 from .models import available_models, build_model
 from .train import evaluate, train
 
-__all__ = ["Scenario", "load_scenario", "load_checkpoint", "pretrain", "adapt", "DEFAULT_MODEL", "DEFAULT_DATASET"]
+__all__ = ["Scenario", "load_scenario", "build_user_model", "load_checkpoint", "pretrain", "adapt", "DEFAULT_MODEL", "DEFAULT_DATASET"]
 
 log = logging.getLogger(__name__)
 
@@ -201,6 +204,26 @@ def adapt(
     return model.cpu().eval(), path
 
 
+def build_user_model(spec: str, num_classes: int | None = None) -> nn.Module:
+    """Import ``"package.module:function"`` and call the function (with ``num_classes=`` when it takes it).
+
+    This is how a user's own network enters a scenario by name, so that run folders (which record the
+    environment's arguments as JSON) can rebuild it.
+    """
+    module_name, _, attr = spec.partition(":")
+    if not module_name or not attr:
+        raise ValueError(f"a user model is 'package.module:function', got {spec!r}")
+    try:
+        fn = getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as e:
+        raise ValueError(f"cannot import {spec!r} ({e}); is the module on PYTHONPATH (run from its folder)?") from e
+    takes_classes = "num_classes" in inspect.signature(fn).parameters
+    net = fn(num_classes=num_classes) if takes_classes and num_classes is not None else fn()
+    if not isinstance(net, nn.Module):
+        raise TypeError(f"{spec}() returned {type(net).__name__}, not a torch.nn.Module")
+    return net
+
+
 def load_scenario(
     model: str | nn.Module = DEFAULT_MODEL,
     dataset: str | DatasetSplits = DEFAULT_DATASET,
@@ -215,8 +238,9 @@ def load_scenario(
     """Resolve model + dataset + weights into a :class:`Scenario`.
 
     Args:
-        model: registered model name (see :func:`pruning_env.models.available_models`) or a module
-            whose current weights are the base weights.
+        model: registered model name (see :func:`pruning_env.models.available_models`), a user's
+            ``"package.module:function"`` returning a module (:func:`build_user_model`; its weights, or
+            ``checkpoint``, are the base), or a module whose current weights are the base weights.
         dataset: registered dataset name or already loaded splits.
         checkpoint: state_dict file for the base weights (``weights_only=True``).
         data_root: where datasets (and ``pretrained/<dataset>_<model>.pth``) are looked for.
@@ -237,10 +261,16 @@ def load_scenario(
         if checkpoint is not None:
             load_checkpoint(net, checkpoint)
             source = str(checkpoint)
+    elif isinstance(model, str) and ":" in model:  # a user's "package.module:function"
+        net, name = build_user_model(model, num_classes=ncls), model
+        source = f"{model}() as returned"
+        if checkpoint is not None:
+            load_checkpoint(net, checkpoint)
+            source = str(checkpoint)
     elif isinstance(model, str):
         if model not in available_models():
             raise ValueError(f"unknown model {model!r}; valid names: {', '.join(available_models())}, "
-                             "or pass any torch.nn.Module")
+                             "'package.module:function' returning a torch.nn.Module, or any torch.nn.Module")
         name = model
         net = build_model(name, num_classes=ncls, input_size=size)
         shipped = resolve_data_root(data_root) / "pretrained" / f"{data.name}_{name}.pth"
