@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import importlib
 import inspect
-
 import logging
 import time
 from dataclasses import dataclass, field
@@ -35,7 +34,10 @@ from .engine import ModelGraph
 from .models import available_models, build_model
 from .train import evaluate, train
 
-__all__ = ["Scenario", "load_scenario", "build_user_model", "load_checkpoint", "pretrain", "adapt", "DEFAULT_MODEL", "DEFAULT_DATASET"]
+__all__ = [
+    "Scenario", "load_scenario", "build_user_model", "load_checkpoint", "pretrain", "adapt", "DEFAULT_MODEL",
+    "DEFAULT_DATASET",
+]
 
 log = logging.getLogger(__name__)
 
