@@ -27,6 +27,7 @@ __all__ = [
     "state_dict_hash",
     "atomic_write_bytes",
     "atomic_write_json",
+    "atomic_torch_save",
     "cached_tensors",
     "cached_json",
     "load_weights_only",
@@ -93,7 +94,8 @@ def atomic_write_json(path: Path, obj: Any) -> None:
     atomic_write_bytes(path, json.dumps(obj, indent=1, sort_keys=True).encode())
 
 
-def _atomic_torch_save(path: Path, obj: Any) -> None:
+def atomic_torch_save(path: Path, obj: Any) -> None:
+    """``torch.save(obj)`` to a temporary file beside ``path``, then renamed: never a half-written ``path``."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
     os.close(fd)
@@ -117,7 +119,7 @@ def cached_tensors(path: Path, build: Callable[[], dict[str, Any]]) -> dict[str,
             log.warning("cache file %s is unreadable (%s); rebuilding it", path, exc)
             path.unlink(missing_ok=True)
     value = build()
-    _atomic_torch_save(path, value)
+    atomic_torch_save(path, value)
     return value
 
 

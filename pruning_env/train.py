@@ -22,7 +22,10 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 from tqdm.auto import tqdm
 
-__all__ = ["default_device", "evaluate", "recalibrate_bn", "train", "finetune", "pinned_threads"]
+__all__ = [
+    "default_device", "evaluate", "recalibrate_bn", "train", "finetune", "pinned_threads", "iter_data",
+    "count_batches", "step_budget", "build_optimizer",
+]
 
 @contextlib.contextmanager
 def pinned_threads(n: int | None) -> Iterator[None]:
@@ -72,10 +75,18 @@ def _as_source(data: Any) -> Any:
     return data
 
 
-def _batches(
+def iter_data(
     data: Any, batch_size: int, shuffle: bool = False, augment: bool = False,
     generator: torch.Generator | None = None, drop_last: bool = False, device: torch.device | None = None,
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """``(x, y)`` batches of any data source the loops accept (see the module docstring).
+
+    A ``TensorImageDataset`` (anything with ``iter_batches``) serves its own batches, shuffled and
+    augmented from ``generator``, and on ``device`` when given (augmentation then runs there). A
+    ``Dataset`` or a pair of tensors goes through a ``DataLoader`` (``augment`` does not apply); any
+    other iterable is taken as batches, as they come. Only a source that takes ``device`` moves its
+    batches there: callers move the others.
+    """
     data = _as_source(data)
     if hasattr(data, "iter_batches"):
         params = inspect.signature(data.iter_batches).parameters
@@ -95,7 +106,8 @@ def _batches(
         yield from data
 
 
-def _num_batches(data: Any, batch_size: int, drop_last: bool) -> int | None:
+def count_batches(data: Any, batch_size: int, drop_last: bool) -> int | None:
+    """Batches :func:`iter_data` yields per pass over ``data``; ``None`` when the source has no length."""
     data = _as_source(data)
     try:
         n = len(data)
@@ -129,7 +141,7 @@ def evaluate(
     correct = seen = 0
     try:
         with torch.inference_mode():
-            for x, y in _batches(data, batch_size, device=device):
+            for x, y in iter_data(data, batch_size, device=device):
                 if max_samples is not None:
                     x, y = x[: max_samples - seen], y[: max_samples - seen]
                 x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
@@ -174,7 +186,7 @@ def recalibrate_bn(
     used = 0
     try:
         with torch.no_grad():
-            for i, batch in enumerate(_batches(batches, 256, device=device)):
+            for i, batch in enumerate(iter_data(batches, 256, device=device)):
                 if i >= num_batches:
                     break
                 x = batch[0] if isinstance(batch, (tuple, list)) else batch
@@ -190,7 +202,8 @@ def recalibrate_bn(
     return model
 
 
-def _optimizer(name: str, params, lr: float, momentum: float, weight_decay: float) -> torch.optim.Optimizer:
+def build_optimizer(name: str, params, lr: float, momentum: float, weight_decay: float) -> torch.optim.Optimizer:
+    """``"sgd"`` (Nesterov momentum when ``momentum > 0``), ``"adam"`` or ``"adamw"`` over ``params``."""
     name = name.lower()
     if name == "sgd":
         return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay, nesterov=momentum > 0)
@@ -199,6 +212,32 @@ def _optimizer(name: str, params, lr: float, momentum: float, weight_decay: floa
     if name == "adamw":
         return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
     raise ValueError(f"optimizer must be 'sgd', 'adam' or 'adamw', got {name!r}")
+
+
+def step_budget(
+    train_data: Any, batch_size: int, epochs: int, max_steps: int | None = None,
+) -> tuple[Any, bool, int | None, int]:
+    """How a training loop walks ``train_data``: ``(data, drop_last, batches per epoch, total steps)``.
+
+    ``data`` is ``train_data``, or a list of its batches when it is a one-shot iterator (every epoch
+    must see it). The last, partial batch is dropped (a tiny batch gives noisy BN statistics) unless it
+    is the only one. ``total`` is ``epochs`` passes, capped at ``max_steps``; a source without a length
+    needs ``max_steps``. Raises ``ValueError`` when there is nothing to train on.
+    """
+    if not isinstance(train_data, (Dataset, tuple)) and not hasattr(train_data, "iter_batches") \
+            and not hasattr(train_data, "__len__"):
+        train_data = list(train_data)  # a one-shot iterator must serve every epoch
+    drop_last = True
+    per_epoch = count_batches(train_data, batch_size, drop_last=True)
+    if per_epoch == 0:
+        drop_last, per_epoch = False, count_batches(train_data, batch_size, drop_last=False)
+    if per_epoch is None and max_steps is None:
+        raise ValueError("train_data has no length: pass max_steps")
+    total = epochs * per_epoch if per_epoch is not None else max_steps
+    total = min(total, max_steps) if max_steps is not None else total
+    if not total or total <= 0:
+        raise ValueError("nothing to train on: no batches (check the data, batch_size, epochs and max_steps)")
+    return train_data, drop_last, per_epoch, int(total)
 
 
 def train(
@@ -236,20 +275,8 @@ def train(
         raise ValueError(f"schedule must be 'cosine' or 'constant', got {schedule!r}")
     device = default_device() if device is None else torch.device(device)
     model.to(device)
-    if not isinstance(train_data, (Dataset, tuple)) and not hasattr(train_data, "iter_batches") \
-            and not hasattr(train_data, "__len__"):
-        train_data = list(train_data)  # a one-shot iterator must serve every epoch
-    drop_last = True  # a last, tiny batch gives noisy BN statistics; unless it is the only one
-    per_epoch = _num_batches(train_data, batch_size, drop_last=True)
-    if per_epoch == 0:
-        drop_last, per_epoch = False, _num_batches(train_data, batch_size, drop_last=False)
-    if per_epoch is None and max_steps is None:
-        raise ValueError("train_data has no length: pass max_steps")
-    total = epochs * per_epoch if per_epoch is not None else max_steps
-    total = min(total, max_steps) if max_steps is not None else total
-    if not total or total <= 0:
-        raise ValueError("nothing to train on: no batches (check the data, batch_size, epochs and max_steps)")
-    opt = _optimizer(optimizer, model.parameters(), lr, momentum, weight_decay)
+    train_data, drop_last, _per_epoch, total = step_budget(train_data, batch_size, epochs, max_steps)
+    opt = build_optimizer(optimizer, model.parameters(), lr, momentum, weight_decay)
     cosine = lambda s: 0.5 * (1.0 + math.cos(math.pi * min(s, total) / total))  # noqa: E731
     sched = torch.optim.lr_scheduler.LambdaLR(opt, cosine if schedule == "cosine" else (lambda s: 1.0))
     history: dict[str, list[float]] = {"loss": [], "lr": [], "epoch_loss": [], "epoch_accuracy": []}
@@ -262,7 +289,7 @@ def train(
         model.train()
         while step < total:
             loss_sum = correct = seen = 0.0
-            for x, y in _batches(train_data, batch_size, shuffle=True, augment=augment, generator=generator,
+            for x, y in iter_data(train_data, batch_size, shuffle=True, augment=augment, generator=generator,
                                  drop_last=drop_last, device=device):
                 x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
                 out = model(x)
