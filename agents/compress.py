@@ -1,0 +1,311 @@
+"""Compress a network to a measured speedup: search -> fine-tune -> measure -> export -> report.
+
+One command for the whole job, for registered models and your own (``package.module:function``
+returning an ``nn.Module``, with ``--checkpoint`` for its weights)::
+
+    python -m agents.compress --model resnet56 --dataset cifar10 --adapt-steps 400 --speedup 2 \\
+        --method ppo --episodes 200 --epochs 10
+
+``--method`` is an agent (``ppo``, ``sac``, ``ddpg``, ``amc``, ``random``, ``cem``, ...: a search of
+``--episodes`` episodes on ``DataAwarePrune-v0`` at ``target_latency = 1 / speedup``) or one of the
+alternatives a user would try instead (``uniform``, ``global-magnitude``, ``global-lamp``:
+:mod:`agents.global_pruning`), whose prune ratio is matched to the target on *measured* latency.
+
+Stages, each saved in the output folder ``<out>/<name>/`` as it finishes (a rerun of the same command
+skips finished stages and resumes the search and the fine-tune from their checkpoints):
+
+1. ``plan.json``: the plan (``search/`` holds the agent's run folder; ``match.json`` a baseline's match);
+2. ``finetune/``: per-epoch checkpoints of the fine-tune (:func:`pruning_env.distill.finetune`: SGD, cosine
+   schedule, optional distillation from the unpruned model), then ``finetuned.json``;
+3. ``measure.json``: base and pruned latency timed alternately on this machine, in torch and in
+   onnxruntime (when installed), MACs and parameters;
+4. ``pruned_model.pt`` (weights-only, :func:`pruning_env.export.load_pruned`), ``pruned_model.onnx``
+   (outputs checked against PyTorch), ``plan.json``;
+5. ``report.md`` and ``plots/`` (per-group widths against uniform's, the search curve), ``final.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .finetune import measure_speedup, model_outputs, onnx_check
+from .train import TrainOptions, build_parser, options_from_args, run_metadata, run_search, seed_everything
+
+__all__ = ["CompressOptions", "BASELINES", "compress", "main"]
+
+BASELINES = ("uniform", "global-magnitude", "global-lamp")
+
+
+@dataclass(frozen=True)
+class CompressOptions:
+    """Compress a network to a measured speedup (search, fine-tune, measure, export, report)."""
+
+    model: str = "small_resnet"
+    """registered model name or 'package.module:function' returning an nn.Module"""
+    dataset: str = "digits"
+    """dataset name or spec (digits, cifar10, cifar100, npz:<file>, folder:<dir>)"""
+    checkpoint: str | None = None
+    """base weights (a state_dict .pth); default: the shipped/cached ones of a registered model"""
+    adapt_steps: int = 0
+    """SGD steps adapting the base weights to the train split first (cached)"""
+    data_root: str | None = None
+    """folder with datasets and pretrained weights"""
+    speedup: float = 2.0
+    """measured speedup to reach (the search's target_latency is 1 / speedup)"""
+    method: str = "ppo"
+    """agent (ppo, sac, ddpg, amc, random, cem, ...) or baseline (uniform, global-magnitude, global-lamp)"""
+    episodes: int = 100
+    """search episodes (agents only)"""
+    seed: int = 0
+    """seed of the search and the fine-tune"""
+    epochs: float = 1.0
+    """fine-tune epochs (0: measure the plan after BatchNorm recalibration only)"""
+    max_steps: int | None = None
+    """stop the fine-tune after this many SGD steps"""
+    lr: float = 0.01
+    """fine-tune learning rate (SGD with momentum, cosine schedule)"""
+    kd_weight: float = 0.0
+    """weight of the distillation loss from the unpruned model (0: cross-entropy only)"""
+    kd_temperature: float = 4.0
+    """distillation temperature"""
+    batch_size: int = 128
+    """fine-tune batch size"""
+    env_kwargs: dict[str, Any] = field(default_factory=dict)
+    """further DataAwarePrune-v0 arguments as JSON, e.g. '{"importance": "l1"}'"""
+    out: str = "results/compress"
+    """output folder (one subfolder per job)"""
+    name: str | None = None
+    """job name (default: <model>-<dataset>-<speedup>x-<method>-s<seed>)"""
+    latency_rounds: int = 5
+    """alternating base/pruned latency rounds of the final measurement"""
+    onnx: bool = True
+    """export ONNX (and check it, and time it, with onnxruntime when installed)"""
+    device: str | None = None
+    """fine-tune device (default: CUDA when available)"""
+    progress: bool = True
+    """show progress bars"""
+
+    def job_name(self) -> str:
+        model = self.model.replace(":", ".").split(".")[-1]
+        return self.name or f"{model}-{Path(self.dataset).name}-{self.speedup:g}x-{self.method}-s{self.seed}"
+
+    def search_env_kwargs(self) -> dict[str, Any]:
+        kw: dict[str, Any] = {"model": self.model, "dataset": self.dataset, "target_latency": 1.0 / self.speedup}
+        for key in ("checkpoint", "data_root"):
+            if getattr(self, key) is not None:
+                kw[key] = getattr(self, key)
+        if self.adapt_steps:
+            kw["adapt_steps"] = self.adapt_steps
+        return {**kw, **self.env_kwargs}
+
+
+def _log(opts: CompressOptions, msg: str) -> None:
+    if opts.progress:
+        print(f"[compress] {msg}", flush=True)
+
+
+def _write(path: Path, data: Any) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, default=str))
+    tmp.replace(path)
+
+
+def _check_options(job: Path, opts: CompressOptions) -> None:
+    """A job folder belongs to one set of options (progress and the number of episodes may change)."""
+    path = job / "compress.json"
+    now = {k: v for k, v in asdict(opts).items() if k not in ("progress", "episodes", "latency_rounds")}
+    if path.exists():
+        saved = json.loads(path.read_text())["options"]
+        diff = {k: (saved.get(k), v) for k, v in now.items() if json.loads(json.dumps(saved.get(k))) !=
+                json.loads(json.dumps(v))}
+        if diff:
+            raise ValueError(f"{job} was made with other options {diff} (saved, now); use another --name")
+    else:
+        _write(path, {"options": now, **run_metadata()})
+
+
+# -- stage 1: the plan ---------------------------------------------------------------------------------
+def _search_plan(opts: CompressOptions, job: Path, backend: Any) -> tuple[Any, dict[str, Any]]:
+    from pruning_env.engine import PruningPlan
+
+    summary = run_search(TrainOptions(
+        algo=opts.method, env="DataAwarePrune-v0", episodes=opts.episodes, seed=opts.seed,
+        env_kwargs=opts.search_env_kwargs(), run_dir=str(job), name="search", progress=opts.progress,
+        tensorboard=False, checkpoint_every=max(1, min(25, opts.episodes // 4 or 1))))
+    plan = PruningPlan.load(job / "search" / "best_plan.json")
+    return plan, {"method": opts.method, "episodes": summary["episodes"], "best_reward": summary["best_reward"]}
+
+
+def _baseline_plan(opts: CompressOptions, backend: Any) -> tuple[Any, dict[str, Any]]:
+    from .global_pruning import match_target, measured_price, plan_family, table_price
+
+    graph, table = backend.graph, backend.table
+    make = plan_family(graph, opts.method, round_to=backend.config.round_to)
+    # Bracket on the latency table, then match the measured latency near its answer.
+    _, r0 = match_target(table_price(graph, table), make, float(table.base_ms) / opts.speedup)
+    base_ms = backend.measurer.measure(graph.model)
+    lo, hi = max(0.0, r0 - 0.08), min(0.95, r0 + 0.08)
+    plan, ratio = match_target(measured_price(graph, backend.measurer), make, base_ms / opts.speedup,
+                               lo=lo, hi=hi, grid=2, iters=5)
+    return plan, {"method": opts.method, "ratio": ratio, "table_ratio": r0, "matched_on": "measured latency",
+                  "base_ms_at_match": base_ms}
+
+
+# -- the job -------------------------------------------------------------------------------------------
+def compress(opts: CompressOptions) -> dict[str, Any]:
+    """Run (or resume) one compression job; returns ``final.json``'s content."""
+    from pruning_env.distill import finetune
+
+    import pruning_env  # noqa: F401  (registers the environments)
+    from pruning_env.engine import PruningPlan, count_macs_params
+    from pruning_env.env import make_backend
+    from pruning_env.export import export_onnx, load_pruned, save_pruned
+    from pruning_env.latency import LatencyMeasurer, available_backends
+    from pruning_env.train import default_device, evaluate, recalibrate_bn
+
+    from .protocol import available_agents
+
+    if opts.speedup <= 1.0:
+        raise ValueError(f"--speedup must be > 1 (a measured speedup to reach), got {opts.speedup}")
+    if opts.method not in BASELINES and opts.method not in available_agents():
+        raise ValueError(f"unknown method {opts.method!r}; agents: {', '.join(available_agents())}; "
+                         f"baselines: {', '.join(BASELINES)}")
+    t0 = time.perf_counter()
+    job = Path(opts.out) / opts.job_name()
+    job.mkdir(parents=True, exist_ok=True)
+    _check_options(job, opts)
+    seed_everything(opts.seed)
+
+    _log(opts, f"scenario {opts.model} / {opts.dataset} (cached phases load from disk)")
+    backend = make_backend("DataAwarePrune-v0", **opts.search_env_kwargs())
+    sc = backend.scenario
+
+    # 1. the plan
+    plan_path = job / "plan.json"
+    if plan_path.exists():
+        plan, how = PruningPlan.load(plan_path), json.loads((job / "plan_source.json").read_text())
+        _log(opts, f"plan: from {plan_path} (finished earlier)")
+    else:
+        _log(opts, f"plan: {'search with ' + opts.method if opts.method not in BASELINES else opts.method}")
+        plan, how = (_baseline_plan(opts, backend) if opts.method in BASELINES else _search_plan(opts, job, backend))
+        _write(job / "plan_source.json", how)
+        plan.save(plan_path)
+    kept = backend.graph.kept_counts(plan)
+
+    # 2. fine-tune (resumable per epoch)
+    device = torch.device(opts.device) if opts.device else default_device()
+    pruned = backend.prune(plan).to(device)
+    done_path = job / "finetuned.pt"
+    if done_path.exists():
+        pruned.load_state_dict(torch.load(done_path, map_location=device, weights_only=True))
+        ft = json.loads((job / "finetuned.json").read_text())
+        _log(opts, "fine-tune: finished earlier")
+    else:
+        recalibrate_bn(pruned, sc.data.train, num_batches=4, device=device)
+        acc_before = evaluate(pruned, sc.data.test, device=device)
+        history: dict[str, Any] = {}
+        if opts.epochs > 0 and opts.max_steps != 0:
+            _log(opts, f"fine-tune: {opts.epochs:g} epochs, lr {opts.lr}, distillation weight {opts.kd_weight}")
+            teacher = backend.base_model().to(device).eval() if opts.kd_weight > 0 else None
+            history = finetune(pruned, sc.data.train, teacher=teacher, epochs=opts.epochs, lr=opts.lr,
+                               kd_weight=opts.kd_weight, kd_temperature=opts.kd_temperature,
+                               batch_size=opts.batch_size, seed=opts.seed, device=device, progress=opts.progress,
+                               max_steps=opts.max_steps, checkpoint_dir=job / "finetune")
+        acc_after = evaluate(pruned, sc.data.test, device=device)
+        ft = {"test_accuracy_before_finetune": acc_before, "test_accuracy": acc_after,
+              "seconds": history.get("seconds"), "steps": history.get("steps")}
+        torch.save({k: v.detach().cpu() for k, v in pruned.state_dict().items()}, done_path)
+        _write(job / "finetuned.json", ft)
+    pruned = pruned.cpu().eval()
+
+    # 3. measure on this machine
+    meas_path = job / "measure.json"
+    if meas_path.exists():
+        meas = json.loads(meas_path.read_text())
+    else:
+        _log(opts, f"measure: base and pruned timed alternately, {opts.latency_rounds} rounds")
+        base_acc = evaluate(sc.model, sc.data.test, device=device)
+        meas = {"base_test_accuracy": base_acc,
+                "torch": measure_speedup(backend.measurer, sc.model, pruned, rounds=opts.latency_rounds)}
+        if opts.onnx and "onnxruntime" in available_backends():
+            m = backend.measurer
+            ort = LatencyMeasurer(device="cpu", batch_size=m.batch_size, threads=m.threads, backend="onnxruntime",
+                                  input_shape=tuple(sc.example_inputs.shape[1:]))
+            meas["onnxruntime"] = measure_speedup(ort, sc.model, pruned, rounds=opts.latency_rounds)
+        base_macs, base_params = count_macs_params(sc.model, sc.example_inputs)
+        macs, params = count_macs_params(pruned, sc.example_inputs)
+        meas.update(base_macs=base_macs, macs=macs, base_params=base_params, params=params,
+                    predicted_speedup=backend.base_cost / backend.cost(kept) if backend.table is not None else None)
+        _write(meas_path, meas)
+
+    # 4. export
+    input_shape = tuple(int(s) for s in sc.example_inputs.shape[1:])
+    x = torch.stack([sc.data.test[i][0] for i in range(min(16, len(sc.data.test)))]).float()
+    model_file = save_pruned(job / "pruned_model.pt", pruned, plan, model_name=sc.model_name,
+                             num_classes=sc.data.num_classes, input_shape=input_shape,
+                             extra={"job": job.name, "test_accuracy": ft["test_accuracy"]})
+    reloaded, _ = load_pruned(model_file)
+    diff = float((model_outputs(reloaded, x) - model_outputs(pruned, x)).abs().max())
+    export: dict[str, Any] = {"model_file": model_file.name, "reload_max_abs_diff": diff}
+    if opts.onnx:
+        onnx_file = export_onnx(pruned, job / "pruned_model.onnx", input_shape)
+        export.update(onnx_file=onnx_file.name, onnx_check=onnx_check(onnx_file, pruned, x, 1e-4))
+
+    # 5. report
+    final = {
+        "job": job.name, "options": asdict(opts), "plan_source": how, "kept": kept,
+        "channels": [g.channels for g in backend.groups], "groups": [g.name for g in backend.groups],
+        "base_test_accuracy": meas["base_test_accuracy"], **ft,
+        "accuracy_change": ft["test_accuracy"] - meas["base_test_accuracy"],
+        "speedup_measured": meas["torch"]["speedup"],
+        "speedup_onnxruntime": meas.get("onnxruntime", {}).get("speedup"),
+        "speedup_predicted": meas["predicted_speedup"], "base_latency_ms": meas["torch"]["base_latency_ms"],
+        "latency_ms": meas["torch"]["pruned_latency_ms"], "macs_ratio": meas["base_macs"] / max(meas["macs"], 1),
+        "params_ratio": meas["base_params"] / max(meas["params"], 1), "macs": meas["macs"],
+        "params": meas["params"], "export": export, "total_seconds": time.perf_counter() - t0,
+        "uniform_kept": _uniform_kept(backend, kept).tolist(), **run_metadata(),
+    }
+    from .compress_report import write_report
+
+    write_report(job, final)
+    _write(job / "final.json", final)
+    check = export.get("onnx_check", {})
+    if check.get("checked") and not check["matches"]:
+        raise RuntimeError(f"ONNX export differs from PyTorch by {check['max_abs_diff']:.2e}")
+    _log(opts, f"done: {job / 'report.md'}")
+    return final
+
+
+def _uniform_kept(backend: Any, kept: list[int]) -> np.ndarray:
+    """The uniform plan of the same predicted cost (the smallest uniform ratio that costs no more)."""
+    target = backend.cost(kept)
+    lo, hi = 0.0, backend.config.max_prune_ratio
+    if backend.cost(backend.kept_for_ratios([hi] * backend.n_groups)) > target:
+        return backend.kept_for_ratios([hi] * backend.n_groups)
+    for _ in range(30):
+        mid = (lo + hi) / 2
+        if backend.cost(backend.kept_for_ratios([mid] * backend.n_groups)) <= target:
+            hi = mid
+        else:
+            lo = mid
+    return backend.kept_for_ratios([hi] * backend.n_groups)
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = build_parser(CompressOptions, __doc__.split("\n\n")[0], prog="python -m agents.compress")
+    final = compress(options_from_args(CompressOptions, parser.parse_args(argv)))
+    keys = ("job", "base_test_accuracy", "test_accuracy", "accuracy_change", "speedup_measured",
+            "speedup_onnxruntime", "speedup_predicted", "macs_ratio")
+    print(json.dumps({k: final[k] for k in keys}, indent=2))
+    return final
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,73 @@
+"""agents.compress end to end: a network that is not in the zoo, compressed, measured, exported, resumed."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from user_model import plain_cnn
+
+from agents.compress import CompressOptions, compress, main
+from pruning_env.data import load_dataset
+from pruning_env.export import load_pruned
+from pruning_env.train import evaluate, train
+
+MODEL = "user_model:plain_cnn"
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory, one_thread):
+    """The user's trained weights (a state_dict file), as a user would bring them."""
+    data = load_dataset("digits")
+    net = plain_cnn(num_classes=data.num_classes)
+    train(net, data.train, epochs=20, lr=0.1, progress=False, device="cpu")
+    assert evaluate(net, data.test, device="cpu") > 0.9
+    path = tmp_path_factory.mktemp("user") / "plain_cnn.pth"
+    torch.save(net.state_dict(), path)
+    return path
+
+
+def _opts(tmp_path, checkpoint, **kw):
+    base = dict(model=MODEL, dataset="digits", checkpoint=str(checkpoint), speedup=1.6, epochs=1, out=str(tmp_path),
+                progress=False, latency_rounds=2, env_kwargs={"val_samples": 300, "latency_calibrate": False})
+    return CompressOptions(**{**base, **kw})
+
+
+def test_compress_a_user_model_with_an_agent_end_to_end(tmp_path, checkpoint):
+    final = compress(_opts(tmp_path, checkpoint, method="random", episodes=4))
+    job = tmp_path / final["job"]
+    for name in ("plan.json", "pruned_model.pt", "pruned_model.onnx", "report.md", "final.json", "measure.json",
+                 "plots/widths.png", "plots/search.png", "search/episodes.csv"):
+        assert (job / name).exists(), name
+    assert final["export"]["onnx_check"]["matches"] and final["export"]["reload_max_abs_diff"] == 0.0
+    assert final["macs_ratio"] > 1.2 and final["speedup_measured"] > 1.0
+    assert final["test_accuracy"] > 0.5 and final["base_test_accuracy"] > 0.9
+    model, plan = load_pruned(job / "pruned_model.pt")  # rebuilt from "user_model:plain_cnn" by name
+    assert [int(k) for k in final["kept"]] == [len(v) for v in plan.keep.values()]
+    report = (job / "report.md").read_text()
+    assert "speedup measured, torch" in report and f"{100 * final['accuracy_change']:+.2f} points" in report
+    # A rerun resumes: every stage is found finished, nothing is recomputed.
+    stamp = (job / "finetuned.pt").stat().st_mtime_ns
+    again = compress(_opts(tmp_path, checkpoint, method="random", episodes=4))
+    assert again["test_accuracy"] == final["test_accuracy"] and (job / "finetuned.pt").stat().st_mtime_ns == stamp
+    with pytest.raises(ValueError, match="other options"):
+        compress(_opts(tmp_path, checkpoint, method="random", episodes=4, lr=0.5))
+
+
+def test_compress_baseline_is_matched_on_measured_latency(tmp_path, checkpoint):
+    final = main(["--model", MODEL, "--dataset", "digits", "--checkpoint", str(checkpoint), "--speedup", "1.5",
+                  "--method", "global-magnitude", "--epochs", "0", "--out", str(tmp_path), "--no-progress",
+                  "--latency-rounds", "2", "--env-kwargs", '{"latency_calibrate": false}'])
+    source = json.loads((tmp_path / final["job"] / "plan_source.json").read_text())
+    assert source["matched_on"] == "measured latency" and 0.0 < source["ratio"] < 0.95
+    assert final["speedup_measured"] > 1.2  # noisy on a shared machine: clearly faster, not exactly 1.5x
+
+
+def test_bad_requests_say_what_to_do(tmp_path):
+    with pytest.raises(ValueError, match="speedup must be > 1"):
+        compress(CompressOptions(speedup=1.0, out=str(tmp_path)))
+    with pytest.raises(ValueError, match="unknown method 'magic'.*baselines: uniform"):
+        compress(CompressOptions(method="magic", out=str(tmp_path)))
+    with pytest.raises(ValueError, match="package.module:function"):
+        compress(CompressOptions(model="nope:", out=str(tmp_path), method="uniform"))
