@@ -161,9 +161,8 @@ def _baseline_plan(opts: CompressOptions, backend: Any) -> tuple[Any, dict[str, 
 # -- the job -------------------------------------------------------------------------------------------
 def compress(opts: CompressOptions) -> dict[str, Any]:
     """Run (or resume) one compression job; returns ``final.json``'s content."""
-    from pruning_env.distill import finetune
-
     import pruning_env  # noqa: F401  (registers the environments)
+    from pruning_env.distill import finetune
     from pruning_env.engine import PruningPlan, count_macs_params
     from pruning_env.env import make_backend
     from pruning_env.export import export_onnx, load_pruned, save_pruned
