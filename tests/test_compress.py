@@ -71,3 +71,18 @@ def test_bad_requests_say_what_to_do(tmp_path):
         compress(CompressOptions(method="magic", out=str(tmp_path)))
     with pytest.raises(ValueError, match="package.module:function"):
         compress(CompressOptions(model="nope:", out=str(tmp_path), method="uniform"))
+
+
+def test_pareto_benchmark_tables_every_method_over_seeds(tmp_path, checkpoint):
+    from benchmarks.pareto import main as pareto
+
+    argv = ["--model", MODEL, "--checkpoint", str(checkpoint), "--speedups", "1.5", "--methods", "random", "uniform",
+            "--seeds", "0", "1", "--episodes", "2", "--epochs", "0", "--latency-rounds", "1", "--out", str(tmp_path),
+            "--no-progress", "--env-kwargs", '{"latency_calibrate": false, "val_samples": 200}']
+    summary = pareto(argv)
+    assert sorted(summary["method"]) == ["random", "uniform"] and (summary["n"] == 2).all()
+    rows = __import__("pandas").read_csv(tmp_path / "results.csv")
+    assert len(rows) == 4 and (rows["speedup_measured"] > 1.0).all()
+    table = (tmp_path / "pareto.md").read_text()
+    assert "| 1.5x | uniform | 2 |" in table and "best agent random" in table and "standard errors" in table
+    assert (tmp_path / "pareto.png").exists()
