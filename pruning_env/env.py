@@ -19,7 +19,9 @@ from .latency import LatencyTable
 from .rewards import EpisodeMetrics, Reward, make_reward
 from .scenario import DEFAULT_DATASET, DEFAULT_MODEL, Scenario, load_scenario
 
-__all__ = ["DataAwarePruneEnv", "LAYER_FEATURES", "BUDGET_FEATURES", "LATENCY_MODES", "make_backend"]
+__all__ = [
+    "DataAwarePruneEnv", "LAYER_FEATURES", "BUDGET_FEATURES", "LATENCY_MODES", "OBSERVATION_FEATURES", "make_backend",
+]
 
 LAYER_FEATURES = [
     "position", "is_conv", "is_depthwise", "is_linear", "channels", "in_channels", "kernel_size",
@@ -27,7 +29,12 @@ LAYER_FEATURES = [
 ]
 BUDGET_FEATURES = ["cost_removed", "cost_reducible_rest", "budget_left", "prev_action", "min_ratio"]
 _SCENARIO_ARGS = ("model", "dataset", "checkpoint", "data_root", "adapt_steps", "scenario")
-_MDP_ARGS = ("target_latency", "reward", "observation_mode", "render_mode")
+_MDP_ARGS = ("target_latency", "reward", "observation_mode", "observation_features", "render_mode")
+OBSERVATION_FEATURES = {  # which parts of the observation an ablation keeps
+    "all": ("layer", "budget", "data"),
+    "no_data": ("layer", "budget"),
+    "data_only": ("budget", "data"),
+}
 
 
 def make_backend(env_id: str = "DataAwarePrune-v0", **kwargs: Any) -> PruningBackend:
@@ -35,7 +42,8 @@ def make_backend(env_id: str = "DataAwarePrune-v0", **kwargs: Any) -> PruningBac
 
     For tools that price or evaluate plans of a search's scenario (fine-tuning, compress, benchmarks):
     the registered id's own arguments (e.g. ``latency="macs"``) apply, the MDP's arguments
-    (``target_latency``, ``reward``, ``observation_mode``, ``render_mode``) are ignored.
+    (``target_latency``, ``reward``, ``observation_mode``, ``observation_features``, ``render_mode``) are
+    ignored.
     """
     spec = gym.spec(env_id)
     if not str(spec.entry_point).endswith(":DataAwarePruneEnv"):
@@ -106,6 +114,11 @@ class DataAwarePruneEnv(gym.Env):
     The data features (16-31) are defined in :mod:`pruning_env.profiling` and scaled to ``[0, 1]`` with
     the profile's bounds; ``env.unwrapped.feature_names`` lists all names in order.
 
+    Ablations (``observation_features``): ``"no_data"`` drops the data features (indices 0-15 remain),
+    ``"data_only"`` keeps the budget and data features (11-31) and drops the layer description; the
+    budget features stay in both, since they describe the task's state, not the network. Agents work
+    unchanged: the observation space shrinks accordingly (in ``dict`` mode, the dropped keys go).
+
     ## Rewards
     0 at intermediate steps, the reward object's value at the last step. Default
     ``latency_accuracy``: ``(acc - base_acc) / base_acc + 0.1 * log(base_latency / latency)``, clipped to
@@ -157,6 +170,7 @@ class DataAwarePruneEnv(gym.Env):
     | finetune_steps | 0 | SGD steps of recovery fine-tuning per episode before evaluation |
     | finetune_lr | 0.01 | learning rate of those steps (cosine schedule) |
     | observation_mode | ``"flat"`` | ``flat`` Box or ``dict`` |
+    | observation_features | ``"all"`` | ``all``, or the ablations ``no_data`` and ``data_only`` (see above) |
     | device | None | device for evaluation (default: CUDA when available) |
     | render_mode | None | ``"ansi"``: a table of per-layer decisions; ``"rgb_array"``: bars of prune ratios |
     | scenario | None | an already loaded :class:`Scenario` (overrides model/dataset/checkpoint) |
@@ -213,6 +227,7 @@ class DataAwarePruneEnv(gym.Env):
         finetune_steps: int = 0,
         finetune_lr: float = 0.01,
         observation_mode: str = "flat",
+        observation_features: str = "all",
         device: str | torch.device | None = None,
         render_mode: str | None = None,
         scenario: Scenario | None = None,
@@ -226,6 +241,11 @@ class DataAwarePruneEnv(gym.Env):
             raise ValueError(f"target_latency must be a fraction of the base latency in (0, 1], got {target_latency!r}")
         if observation_mode not in ("flat", "dict"):
             raise ValueError(f"observation_mode must be 'flat' or 'dict', got {observation_mode!r}")
+        if observation_features not in OBSERVATION_FEATURES:
+            raise ValueError(f"observation_features must be one of {', '.join(OBSERVATION_FEATURES)}, "
+                             f"got {observation_features!r}")
+        self.observation_features = observation_features
+        self._parts = OBSERVATION_FEATURES[observation_features]
         if render_mode is not None and render_mode not in self.metadata["render_modes"]:
             raise ValueError(f"render_mode must be None, 'ansi' or 'rgb_array', got {render_mode!r}")
         self.render_mode = render_mode
@@ -266,17 +286,14 @@ class DataAwarePruneEnv(gym.Env):
             )
 
         self._static = self._static_features()
-        self.feature_names = LAYER_FEATURES + BUDGET_FEATURES + list(self.data_features.feature_names)
-        n_layer, n_budget, n_data = len(LAYER_FEATURES), len(BUDGET_FEATURES), self.data_features.features.shape[1]
+        names = {"layer": LAYER_FEATURES, "budget": BUDGET_FEATURES, "data": list(self.data_features.feature_names)}
+        self.feature_names = [n for part in self._parts for n in names[part]]
         self.action_space = spaces.Box(-1.0, 1.0, (1,), dtype=np.float32)
         if observation_mode == "flat":
-            self.observation_space = spaces.Box(0.0, 1.0, (n_layer + n_budget + n_data,), dtype=np.float32)
+            self.observation_space = spaces.Box(0.0, 1.0, (len(self.feature_names),), dtype=np.float32)
         else:
             self.observation_space = spaces.Dict({
-                "layer": spaces.Box(0.0, 1.0, (n_layer,), dtype=np.float32),
-                "budget": spaces.Box(0.0, 1.0, (n_budget,), dtype=np.float32),
-                "data": spaces.Box(0.0, 1.0, (n_data,), dtype=np.float32),
-            })
+                part: spaces.Box(0.0, 1.0, (len(names[part]),), dtype=np.float32) for part in self._parts})
         self.last_model: nn.Module | None = None
         self.last_plan: PruningPlan | None = None
         self.last_info: dict[str, Any] = {}
@@ -377,9 +394,10 @@ class DataAwarePruneEnv(gym.Env):
         budget = np.clip(budget, 0.0, 1.0)
         static = self._static[t]
         n_layer = len(LAYER_FEATURES)
+        parts = {"layer": static[:n_layer], "budget": budget, "data": static[n_layer:]}
         if self.observation_mode == "dict":
-            return {"layer": static[:n_layer].copy(), "budget": budget, "data": static[n_layer:].copy()}
-        return np.concatenate([static[:n_layer], budget, static[n_layer:]]).astype(np.float32)
+            return {part: parts[part].copy() for part in self._parts}
+        return np.concatenate([parts[part] for part in self._parts]).astype(np.float32)
 
     # -- gym API --------------------------------------------------------------------------------
     def _reset_state(self) -> None:

@@ -141,6 +141,29 @@ def test_dict_observation_mode() -> None:
     assert e.observation_space.contains(obs)
 
 
+@pytest.mark.parametrize(("features", "kept"), [("no_data", (0, 16)), ("data_only", (11, 32))])
+def test_observation_ablations_drop_one_part_and_keep_the_episode(features, kept) -> None:
+    """The ablation sees a slice of the full observation; plans and rewards are those of the full env."""
+    full = gym.make("DataAwarePrune-v0")
+    ablated = gym.make("DataAwarePrune-v0", observation_features=features)
+    gym_check_env(ablated.unwrapped, skip_render_check=True)
+    keep = list(range(*kept))
+    assert ablated.unwrapped.feature_names == [full.unwrapped.feature_names[i] for i in keep]
+    a_obs, _ = ablated.reset(seed=1)
+    f_obs, _ = full.reset(seed=1)
+    for step in range(full.unwrapped.n_groups):
+        np.testing.assert_array_equal(a_obs, f_obs[keep])
+        action = np.array([0.3 - 0.2 * step], dtype=np.float32)
+        a_obs, a_r, *_ = ablated.step(action)
+        f_obs, f_r, *_ = full.step(action)
+    assert a_r == f_r
+    d = gym.make("DataAwarePrune-v0", observation_features=features, observation_mode="dict")
+    obs, _ = d.reset(seed=0)
+    assert set(obs) == ({"layer", "budget"} if features == "no_data" else {"budget", "data"})
+    with pytest.raises(ValueError, match="observation_features must be one of all, no_data, data_only"):
+        gym.make("DataAwarePrune-v0", observation_features="none")
+
+
 @pytest.mark.parametrize("target", [0.0, 1.5, -0.2])
 def test_target_out_of_range_is_refused(target: float) -> None:
     with pytest.raises(ValueError, match=r"target_latency must be .* in \(0, 1\]"):
