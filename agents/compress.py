@@ -27,6 +27,7 @@ skips finished stages and resumes the search and the fine-tune from their checkp
 from __future__ import annotations
 
 import json
+import logging
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -299,7 +300,10 @@ def _uniform_kept(backend: Any, kept: list[int]) -> np.ndarray:
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = build_parser(CompressOptions, __doc__.split("\n\n")[0], prog="python -m agents.compress")
-    final = compress(options_from_args(CompressOptions, parser.parse_args(argv)))
+    opts = options_from_args(CompressOptions, parser.parse_args(argv))
+    if opts.progress:  # every phase says what it does and whether it came from the cache
+        logging.basicConfig(level=logging.INFO, format="[%(name)s] %(message)s")
+    final = compress(opts)
     keys = ("job", "base_test_accuracy", "test_accuracy", "accuracy_change", "speedup_measured",
             "speedup_onnxruntime", "speedup_predicted", "macs_ratio")
     print(json.dumps({k: final[k] for k in keys}, indent=2))

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import math
 from pathlib import Path
 from typing import Any
@@ -143,6 +144,8 @@ def write_outputs(df: pd.DataFrame, out: Path) -> pd.DataFrame:
 
 def main(argv: list[str] | None = None) -> pd.DataFrame:
     a = parse_args(argv)
+    if a.progress:  # every phase says what it does and whether it came from the cache
+        logging.basicConfig(level=logging.INFO, format="[%(name)s] %(message)s")
     df = run_jobs(a)
     s = write_outputs(df, Path(a.out))
     print((Path(a.out) / "pareto.md").read_text())

@@ -107,30 +107,47 @@ def atomic_torch_save(path: Path, obj: Any) -> None:
         raise
 
 
-def cached_tensors(path: Path, build: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+def _announce(what: str | None, path: Path, loaded: bool) -> None:
+    """Log (INFO) whether a phase came from the cache or is being computed (``what`` names the phase)."""
+    if what:
+        if loaded:
+            log.info("%s: from the cache (%s)", what, path.name)
+        else:
+            log.info("%s: computing (once; cached in %s)", what, path.parent)
+
+
+def cached_tensors(path: Path, build: Callable[[], dict[str, Any]], what: str | None = None) -> dict[str, Any]:
     """Load a dict of tensors/plain values from ``path`` (``weights_only=True``) or build and store it.
 
-    A corrupt or unreadable file is logged, deleted and rebuilt.
+    A corrupt or unreadable file is logged, deleted and rebuilt. ``what``: the phase's name, logged at
+    INFO level with whether it came from the cache.
     """
     if path.exists():
         try:
-            return torch.load(path, map_location="cpu", weights_only=True)
+            value = torch.load(path, map_location="cpu", weights_only=True)
+            _announce(what, path, loaded=True)
+            return value
         except Exception as exc:  # corrupt, truncated or foreign file: rebuild
             log.warning("cache file %s is unreadable (%s); rebuilding it", path, exc)
             path.unlink(missing_ok=True)
+    _announce(what, path, loaded=False)
     value = build()
     atomic_torch_save(path, value)
     return value
 
 
-def cached_json(path: Path, build: Callable[[], Any]) -> Any:
-    """Load JSON from ``path`` or build, store atomically and return it; corrupt files are rebuilt."""
+def cached_json(path: Path, build: Callable[[], Any], what: str | None = None) -> Any:
+    """Load JSON from ``path`` or build, store atomically and return it; corrupt files are rebuilt.
+    ``what``: as in :func:`cached_tensors`."""
     if path.exists():
         try:
-            return json.loads(path.read_text())
+            value = json.loads(path.read_text())
+            _announce(what, path, loaded=True)
+            return value
         except Exception as exc:
             log.warning("cache file %s is unreadable (%s); rebuilding it", path, exc)
             path.unlink(missing_ok=True)
+    _announce(what, path, loaded=False)
     value = build()
     atomic_write_json(path, value)
     return value

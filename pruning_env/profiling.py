@@ -277,4 +277,5 @@ def profile_groups(
         "graph": graph.signature, "attention": attention_stats.fingerprint() if attention_stats else None,
         "settings": settings,
     })
-    return GroupProfile.from_dict(cached_json(cache_dir("profiles") / f"profile_{key}.json", build))
+    return GroupProfile.from_dict(cached_json(cache_dir("profiles") / f"profile_{key}.json", build,
+                                              what="data profile of the groups"))

@@ -198,11 +198,11 @@ def adapt(
         t0 = time.perf_counter()
         epochs = -(-int(steps) * batch_size // max(1, len(data.train))) + 1
         train(model, data.train, epochs=epochs, lr=lr, batch_size=batch_size, max_steps=int(steps), seed=seed,
-              progress=False, device=device)
+              progress=log.isEnabledFor(logging.INFO), device=device)
         log.info("adapted %s to %s in %d steps (%.0f s)", name, data.name, steps, time.perf_counter() - t0)
         return {k: v.detach().cpu() for k, v in model.state_dict().items()}
 
-    model.load_state_dict(cached_tensors(path, build))
+    model.load_state_dict(cached_tensors(path, build, what=f"adapting {name} to {data.name} ({steps} steps)"))
     return model.cpu().eval(), path
 
 

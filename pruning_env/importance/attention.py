@@ -155,4 +155,4 @@ class GroupAttentionImportance(tp.importance.Importance):
             "graph": graph.signature, "settings": settings,
         })
         path = cache_dir("attention") / f"gates_{key}.pt"
-        return cls(GateStats.from_dict(cached_tensors(path, build)), model)
+        return cls(GateStats.from_dict(cached_tensors(path, build, what="group attention training")), model)
