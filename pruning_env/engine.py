@@ -31,6 +31,7 @@ import torch.nn as nn
 import torch_pruning as tp
 
 from .cache import atomic_write_json, stable_hash
+from .tracing import LeafCall, trace_leaf_calls
 
 __all__ = [
     "PruningGroup",
@@ -107,10 +108,6 @@ def _leaf_kind(m: nn.Module) -> str:
 def _tp_depthwise(m: nn.Module) -> bool:
     # Torch-Pruning's own test: it prunes such a conv's groups together with its channels.
     return isinstance(m, nn.modules.conv._ConvNd) and m.groups == m.out_channels and m.out_channels > 1
-
-
-def _as_tuple(example_inputs: Any) -> tuple:
-    return tuple(example_inputs) if isinstance(example_inputs, (list, tuple)) else (example_inputs,)
 
 
 def _layer_macs(m: nn.Module, out_shape: Sequence[int]) -> int:
@@ -255,40 +252,17 @@ class ModelGraph:
 
     @staticmethod
     def _forward_order(model: nn.Module, example_inputs: Any):
-        order: list[nn.Module] = []
-        shapes: dict[nn.Module, tuple[tuple[int, ...], tuple[int, ...]]] = {}
+        """Leaf modules in the order of their first call, and the shapes of that call.
 
-        def hook(m, inp, out):
-            if m not in shapes and torch.is_tensor(out):
-                order.append(m)
-                x = inp[0] if inp and torch.is_tensor(inp[0]) else None
-                shapes[m] = (tuple(x.shape[1:]) if x is not None else (), tuple(out.shape[1:]))
-
-        entered: list[nn.Module] = []
-        leaves = [m for m in model.modules() if not list(m.children())]
-        handles = [m.register_forward_hook(hook) for m in leaves]
-        handles += [m.register_forward_pre_hook(lambda m, inp: entered.append(m)) for m in leaves]
-        names = {m: n for n, m in model.named_modules()}
-        was_training = model.training
-        try:
-            model.eval()
-            with torch.no_grad():
-                model(*_as_tuple(example_inputs))
-        except Exception as exc:  # name the layer that failed (the last one entered that did not return)
-            failed = next((m for m in reversed(entered) if m not in shapes), None)
-            where = (f"layer {names.get(failed, '?')!r} ({type(failed).__name__})" if failed is not None
-                     else "code outside any leaf layer (the model's own forward)")
-            shape = tuple(example_inputs.shape) if torch.is_tensor(example_inputs) else "?"
-            raise ValueError(
-                f"{type(model).__name__} cannot run the example input of shape {shape}: {where} raised "
-                f"{type(exc).__name__}: {exc}. Pass example inputs the model accepts (input_size / the "
-                "dataset's image size) and make sure its forward runs on them."
-            ) from exc
-        finally:
-            model.train(was_training)
-            for h in handles:
-                h.remove()
-        return order, {m: s[1] for m, s in shapes.items()} | {("in", m): s[0] for m, s in shapes.items()}
+        Shapes map ``module`` to its output shape and ``("in", module)`` to its input shape (``()`` when
+        its first input is not a tensor), both without the batch dimension.
+        """
+        first: dict[nn.Module, LeafCall] = {}
+        for call in trace_leaf_calls(model, example_inputs):
+            first.setdefault(call.module, call)
+        shapes: dict[Any, tuple[int, ...]] = {m: c.out_shape for m, c in first.items()}
+        shapes.update({("in", m): c.in_shape or () for m, c in first.items()})
+        return list(first), shapes
 
     def _layer_table(self, order, shapes) -> list[LayerInfo]:
         ins: dict[str, list[int]] = {}

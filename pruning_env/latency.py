@@ -37,6 +37,7 @@ from torch import nn
 
 from .cache import cache_dir, cached_json, stable_hash
 from .engine import LayerInfo, ModelGraph, PlanMismatchError, PruningPlan, apply_plan
+from .tracing import trace_leaf_calls
 from .train import pinned_threads
 
 __all__ = ["LatencyMeasurer", "LatencyTable", "MacsModel", "macs_for_kept", "available_backends", "DEFAULT_GRID"]
@@ -305,29 +306,6 @@ class _Unit:
         return self.kind in ("conv", "linear")
 
 
-def _trace_calls(model: nn.Module, example_inputs: Any) -> list[tuple[str, nn.Module, tuple, tuple]]:
-    """Every leaf-module call of one forward pass, in order: (name, module, in shape, out shape)."""
-    names = {m: n for n, m in model.named_modules()}
-    calls = []
-
-    def hook(m, inp, out):
-        if inp and torch.is_tensor(inp[0]) and torch.is_tensor(out):
-            calls.append((names[m], m, tuple(inp[0].shape[1:]), tuple(out.shape[1:])))
-
-    handles = [m.register_forward_hook(hook) for m in model.modules() if not list(m.children())]
-    was_training = model.training
-    args = tuple(example_inputs) if isinstance(example_inputs, (list, tuple)) else (example_inputs,)
-    try:
-        model.eval()
-        with torch.no_grad():
-            model(*args)
-    finally:
-        model.train(was_training)
-        for h in handles:
-            h.remove()
-    return calls
-
-
 _UNITS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
@@ -343,7 +321,9 @@ def _cost_units(graph: ModelGraph) -> list[_Unit]:
     units: list[_Unit] = []
     seen: set[str] = set()
     owner: tuple[int, tuple[int, ...]] | None = None  # (channels, out_groups) of the last layer
-    for name, m, ish, osh in _trace_calls(graph.model, graph.example_inputs):
+    for name, m, ish, osh in trace_leaf_calls(graph.model, graph.example_inputs):
+        if ish is None:  # the first input is not a tensor: nothing to price
+            continue
         if name in info:
             if name in seen:
                 continue  # a module called twice: LayerInfo describes its first call
