@@ -112,9 +112,10 @@ def finetune_run(opts: FinetuneOptions, env: gym.Env | None = None) -> dict[str,
     ``env``: an already built environment of the run's configuration to reuse (it is not closed).
     """
     import pruning_env  # noqa: F401  (registers the environments)
-    from pruning_env.engine import PruningPlan, apply_plan, count_macs_params
+    from pruning_env.engine import apply_plan, count_macs_params
     from pruning_env.export import export_onnx, load_pruned, save_pruned
     from pruning_env.models import available_models
+    from pruning_env.plan import PruningPlan
     from pruning_env.train import default_device, evaluate, recalibrate_bn, train
 
     run = Path(opts.run)

@@ -16,10 +16,11 @@ import torch
 import torch.nn as nn
 from gymnasium import spaces
 
-from .engine import ModelGraph, PruningPlan, apply_plan, count_macs_params
+from .engine import ModelGraph, apply_plan, count_macs_params
 from .features import DataFeatures, build_data_features
 from .importance import scoring_version
 from .latency import LatencyMeasurer, LatencyTable, macs_for_kept
+from .plan import PruningPlan
 from .rewards import EpisodeMetrics, Reward, make_reward
 from .scenario import DEFAULT_DATASET, DEFAULT_MODEL, Scenario, load_scenario
 from .train import default_device, evaluate, pinned_threads, recalibrate_bn, train

@@ -36,7 +36,8 @@ import torch
 from torch import nn
 
 from .cache import cache_dir, cached_json, stable_hash
-from .engine import LayerInfo, ModelGraph, PlanMismatchError, PruningPlan, apply_plan
+from .engine import LayerInfo, ModelGraph, apply_plan
+from .plan import PlanMismatchError, PruningPlan
 from .tracing import trace_leaf_calls
 from .train import pinned_threads
 
