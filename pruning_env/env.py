@@ -19,7 +19,8 @@ from gymnasium import spaces
 from .engine import ModelGraph, apply_plan, count_macs_params
 from .features import DataFeatures, build_data_features
 from .importance import scoring_version
-from .latency import LatencyTable, macs_for_kept
+from .latency import LatencyTable
+from .macs import macs_for_kept
 from .measure import LatencyMeasurer
 from .plan import PruningPlan
 from .rewards import EpisodeMetrics, Reward, make_reward

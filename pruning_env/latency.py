@@ -1,19 +1,20 @@
-"""Latency and MACs of pruning plans: an end-to-end measurer, a per-layer lookup table, a MACs proxy.
+"""The per-layer latency lookup table: a plan's latency in ms without building the pruned model.
 
-Three ways to price a plan, from the most faithful to the cheapest:
+A plan can be priced three ways, from the most faithful to the cheapest:
 
-* :class:`~pruning_env.measure.LatencyMeasurer` (module :mod:`pruning_env.measure`) times a built
-  (pruned) model: median of repeated runs after warm-up runs, with a fixed number of threads, in torch
-  eager mode or in onnxruntime.
-* :class:`LatencyTable` predicts a plan's latency without building the pruned model. Every layer
-  (conv, depthwise conv, linear, BN, activation, pooling) is timed alone on a small grid of kept channel
-  counts, once per architecture, input shape and measurer setting, and cached on disk. A plan costs the
-  bilinearly interpolated sum of its layers, mapped to end-to-end milliseconds by an affine calibration
-  against the measured full model (exact) and, by default, a dozen measured pruned models (least
-  squares): the calibration absorbs what the table does not see (residual adds, memory traffic, framework
-  dispatch).
-* :class:`MacsModel` / :func:`macs_for_kept` count MACs analytically, the way Torch-Pruning's
-  ``count_ops_and_params`` counts them on the physically pruned model.
+* :class:`~pruning_env.measure.LatencyMeasurer` (:mod:`pruning_env.measure`) times a built (pruned)
+  model: median of repeated runs after warm-up runs, with a fixed number of threads, in torch eager
+  mode or in onnxruntime.
+* :class:`LatencyTable` (this module) predicts a plan's latency without building the pruned model.
+  Every cost unit (:func:`~pruning_env.macs.cost_units`: conv, depthwise conv, linear, BN, activation,
+  pooling) is timed alone on a small grid of kept channel counts, once per architecture, input shape
+  and measurer setting, and cached on disk. A plan costs the bilinearly interpolated sum of its layers,
+  mapped to end-to-end milliseconds by a calibration through the measured full model (exact) and, by
+  default, fitted to a dozen measured pruned models: the calibration absorbs what the table does not
+  see (residual adds, memory traffic, framework dispatch).
+* :class:`~pruning_env.macs.MacsModel` / :func:`~pruning_env.macs.macs_for_kept` (:mod:`pruning_env.macs`)
+  count MACs analytically, the way Torch-Pruning's ``count_ops_and_params`` counts them on the
+  physically pruned model.
 """
 
 from __future__ import annotations
@@ -22,9 +23,7 @@ import copy
 import logging
 import math
 import time
-import weakref
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -32,12 +31,12 @@ import torch
 from torch import nn
 
 from .cache import cache_dir, cached_json, stable_hash
-from .engine import LayerInfo, ModelGraph, apply_plan
+from .engine import ModelGraph, apply_plan
+from .macs import CostUnit, cost_units, kept_vector
 from .measure import LatencyMeasurer
 from .plan import PlanMismatchError, PruningPlan
-from .tracing import trace_leaf_calls
 
-__all__ = ["LatencyTable", "MacsModel", "macs_for_kept", "DEFAULT_GRID"]
+__all__ = ["LatencyTable", "DEFAULT_GRID"]
 
 log = logging.getLogger(__name__)
 
@@ -52,151 +51,10 @@ _SCALE_BOUNDS = (0.1, 10.0)  # a calibration slope outside this range is noise, 
 _SCAN_BOUNDS = (0.25, 4.0)  # a scan ratio outside this range is a timing accident, not a kernel effect
 _LAYER_ROUNDS = 3  # interleaved rounds over the grid points of one layer (10 back-to-back runs keep caches warm)
 
-# Modules Torch-Pruning's op counter prices (by output / input elements); mirrored by MacsModel.
-_TP_ACTIVATIONS = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.PReLU)
-_ACTIVATIONS = _TP_ACTIVATIONS + (nn.SiLU, nn.Hardswish, nn.Hardsigmoid, nn.Sigmoid, nn.Tanh, nn.GELU, nn.Mish)
-_POOLS = (
-    nn.MaxPool1d, nn.MaxPool2d, nn.AvgPool1d, nn.AvgPool2d,
-    nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d,
-)
-
-
-# ---------------------------------------------------------------------------------------------
-# Cost units: the layers a plan's cost is the sum of
-# ---------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class _Unit:
-    """A priced layer; ``kind`` in conv, depthwise, linear, bn, act, pool. Single-axis kinds use ``out_*``."""
-
-    name: str
-    kind: str
-    module: nn.Module
-    in_channels: int
-    out_channels: int
-    in_shape: tuple[int, ...]
-    out_shape: tuple[int, ...]
-    in_groups: tuple[int, ...]
-    out_groups: tuple[int, ...]
-
-    @property
-    def two_axes(self) -> bool:
-        return self.kind in ("conv", "linear")
-
-
-_UNITS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-
-
-def _cost_units(graph: ModelGraph) -> list[_Unit]:
-    """``graph.layers`` plus the activations and pools between them, in forward order.
-
-    An activation or pool takes the channel groups of the last layer with parameters before it when its
-    channel count matches (conv -> BN -> ReLU; the ReLU after a residual add follows the BN of the branch).
-    """
-    if graph in _UNITS:
-        return _UNITS[graph]
-    info: dict[str, LayerInfo] = {li.name: li for li in graph.layers}
-    units: list[_Unit] = []
-    seen: set[str] = set()
-    owner: tuple[int, tuple[int, ...]] | None = None  # (channels, out_groups) of the last layer
-    for name, m, ish, osh in trace_leaf_calls(graph.model, graph.example_inputs):
-        if ish is None:  # the first input is not a tensor: nothing to price
-            continue
-        if name in info:
-            if name in seen:
-                continue  # a module called twice: LayerInfo describes its first call
-            seen.add(name)
-            li = info[name]
-            units.append(_Unit(name, li.kind, m, li.in_channels, li.out_channels, tuple(li.in_shape),
-                               tuple(li.out_shape), tuple(li.in_groups), tuple(li.out_groups)))
-            owner = (li.out_channels, tuple(li.out_groups))
-        elif isinstance(m, _ACTIVATIONS + _POOLS) and ish:
-            c = int(ish[0])
-            groups = owner[1] if owner is not None and owner[0] == c else ()
-            kind = "pool" if isinstance(m, _POOLS) else "act"
-            units.append(_Unit(name, kind, m, c, c, ish, osh, groups, groups))
-    _UNITS[graph] = units
-    return units
-
-
-def _kept_vector(channels: np.ndarray, kept: Sequence[int] | np.ndarray) -> np.ndarray:
-    k = np.asarray(kept, dtype=np.float64)
-    if k.shape != channels.shape:
-        raise ValueError(f"expected {channels.size} kept counts (one per group), got shape {k.shape}")
-    if np.any(k < 1) or np.any(k > channels):
-        bad = int(np.argmax((k < 1) | (k > channels)))
-        raise ValueError(f"kept[{bad}] = {k[bad]:g} is outside [1, {int(channels[bad])}] (group {bad})")
-    return k
-
-
-def _incidence(units: Sequence[_Unit], n_groups: int, side: str) -> np.ndarray:
-    a = np.zeros((len(units), n_groups))
-    for i, u in enumerate(units):
-        if side == "out" or u.two_axes:
-            for g in (u.out_groups if side == "out" else u.in_groups):
-                a[i, g] += 1.0
-    return a
-
-
-# ---------------------------------------------------------------------------------------------
-# MACs proxy
-# ---------------------------------------------------------------------------------------------
-class MacsModel:
-    """MACs of a plan per sample, analytically, as Torch-Pruning's op counter counts the pruned model.
-
-    Conv: ``H'W' * k * k * kept_out * kept_in / groups`` (+ bias); linear: ``kept_in * kept_out`` (+ bias);
-    BN: 2 per element; ReLU-family activations: 1 per output element; pooling: 1 per input element.
-    """
-
-    def __init__(self, graph: ModelGraph) -> None:
-        units = _cost_units(graph)
-        self.channels = np.array([g.channels for g in graph.groups], dtype=np.float64)
-        self._a_in = _incidence(units, len(self.channels), "in")
-        self._a_out = _incidence(units, len(self.channels), "out")
-        self._in_full = np.array([u.in_channels for u in units], dtype=np.float64)
-        self._out_full = np.array([u.out_channels for u in units], dtype=np.float64)
-        c_io, c_o = np.zeros(len(units)), np.zeros(len(units))
-        for i, u in enumerate(units):
-            m = u.module
-            if u.kind in ("conv", "depthwise"):
-                spatial, kk = math.prod(u.out_shape[1:]), math.prod(m.kernel_size)
-                bias = spatial if m.bias is not None else 0
-                if u.kind == "depthwise":  # groups follow the kept channels: one input channel per group
-                    c_o[i] = spatial * kk * (m.in_channels // m.groups) + bias
-                else:
-                    c_io[i], c_o[i] = spatial * kk / m.groups, bias
-            elif u.kind == "linear":
-                c_io[i], c_o[i] = math.prod(u.out_shape[:-1]), (1 if m.bias is not None else 0)
-            elif u.kind == "bn":
-                c_o[i] = (2 if getattr(m, "affine", True) else 1) * math.prod(u.in_shape[1:])
-            elif u.kind == "act" and isinstance(m, _TP_ACTIVATIONS):
-                c_o[i] = math.prod(u.out_shape[1:])
-            elif u.kind == "pool":
-                c_o[i] = math.prod(u.in_shape[1:])
-        self._c_io, self._c_o = c_io, c_o
-        self.base_macs = self.predict(self.channels)
-
-    def predict(self, kept: Sequence[int] | np.ndarray) -> int:
-        """MACs per sample when group ``i`` keeps ``kept[i]`` channels."""
-        removed = self.channels - _kept_vector(self.channels, kept)
-        k_in = self._in_full - self._a_in @ removed
-        k_out = self._out_full - self._a_out @ removed
-        return int(round(float(self._c_io @ (k_in * k_out) + self._c_o @ k_out)))
-
-
-_MACS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-
-
-def macs_for_kept(graph: ModelGraph, kept: Sequence[int] | np.ndarray) -> int:
-    """MACs per sample of ``graph``'s model with ``kept[i]`` channels kept in group ``i`` (no surgery)."""
-    if graph not in _MACS:
-        _MACS[graph] = MacsModel(graph)
-    return _MACS[graph].predict(kept)
-
-
 # ---------------------------------------------------------------------------------------------
 # Latency lookup table
 # ---------------------------------------------------------------------------------------------
-def _spec(u: _Unit) -> dict[str, Any]:
+def _spec(u: CostUnit) -> dict[str, Any]:
     """What determines a unit's latency, apart from its kept channels (the dedup key of measurements)."""
     m = u.module
     spec: dict[str, Any] = {"kind": u.kind, "type": type(m).__name__, "in": u.in_channels, "out": u.out_channels,
@@ -233,11 +91,11 @@ def _axis_points(full: int, vary: bool, grid: Sequence[float], step: int = 1, ro
     return sorted({unit * max(1, min(n, round(f * n))) for f in grid} | {unit, full})
 
 
-def _timeable(u: _Unit) -> bool:
+def _timeable(u: CostUnit) -> bool:
     return not (u.kind == "act" and any(True for _ in u.module.parameters()))  # e.g. per-channel PReLU
 
 
-def _layer_instance(u: _Unit, k_in: int, k_out: int, batch: int) -> tuple[nn.Module, tuple[int, ...]]:
+def _layer_instance(u: CostUnit, k_in: int, k_out: int, batch: int) -> tuple[nn.Module, tuple[int, ...]]:
     """A fresh layer like ``u`` with ``k_in`` / ``k_out`` channels and the shape of its input batch."""
     m = u.module
     if u.kind in ("conv", "depthwise"):
@@ -262,7 +120,7 @@ def _reference(measurer: LatencyMeasurer) -> tuple[nn.Module, torch.Tensor]:
     return layer, torch.randn(measurer.batch_size, 32, 16, 16, generator=torch.Generator().manual_seed(0))
 
 
-def _time_points(u: _Unit, points: Sequence[tuple[int, int]], measurer: LatencyMeasurer,
+def _time_points(u: CostUnit, points: Sequence[tuple[int, int]], measurer: LatencyMeasurer,
                  reference: tuple[nn.Module, torch.Tensor]) -> tuple[list[float], float]:
     """Median ms of fresh layers like ``u`` at each ``(k_in, k_out)``, and of the ``reference`` layer.
 
@@ -430,7 +288,7 @@ class LatencyTable:
 
     def table_ms(self, kept: Sequence[int] | np.ndarray) -> float:
         """Sum of the interpolated per-layer latencies (ms), before calibration."""
-        return float(self._unit_ms(_kept_vector(self.channels, kept)).sum())
+        return float(self._unit_ms(kept_vector(self.channels, kept)).sum())
 
     def predict(self, kept: Sequence[int] | np.ndarray) -> float:
         """Predicted end-to-end latency (ms) when group ``i`` keeps ``kept[i]`` channels."""
@@ -513,7 +371,7 @@ class LatencyTable:
         if torch.is_tensor(ex) and tuple(ex.shape[1:]) != measurer.input_shape:
             raise ValueError(f"the graph was traced with input {tuple(ex.shape[1:])} but the measurer's "
                              f"input_shape is {measurer.input_shape}")
-        units = [u for u in _cost_units(graph) if _timeable(u)]
+        units = [u for u in cost_units(graph) if _timeable(u)]
         specs = [_spec(u) for u in units]
         key = stable_hash({
             "version": TABLE_FORMAT_VERSION, "signature": graph.signature, "settings": measurer.describe(),
