@@ -134,7 +134,7 @@ def _check_options(job: Path, opts: CompressOptions) -> None:
 
 # -- stage 1: the plan ---------------------------------------------------------------------------------
 def _search_plan(opts: CompressOptions, job: Path, backend: Any) -> tuple[Any, dict[str, Any]]:
-    from pruning_env.engine import PruningPlan
+    from pruning_env.plan import PruningPlan
 
     summary = run_search(TrainOptions(
         algo=opts.method, env="DataAwarePrune-v0", episodes=opts.episodes, seed=opts.seed,
@@ -164,10 +164,11 @@ def compress(opts: CompressOptions) -> dict[str, Any]:
     """Run (or resume) one compression job; returns ``final.json``'s content."""
     import pruning_env  # noqa: F401  (registers the environments)
     from pruning_env.distill import finetune
-    from pruning_env.engine import PruningPlan, count_macs_params
+    from pruning_env.engine import count_macs_params
     from pruning_env.env import make_backend
     from pruning_env.export import export_onnx, load_pruned, save_pruned
-    from pruning_env.latency import LatencyMeasurer, available_backends
+    from pruning_env.measure import LatencyMeasurer, available_backends
+    from pruning_env.plan import PruningPlan
     from pruning_env.train import default_device, evaluate, recalibrate_bn
 
     from .protocol import available_agents

@@ -11,7 +11,7 @@ For the run folder written by ``python -m agents.train``, this
 3. fine-tunes the pruned model on the training split (tqdm progress);
 4. measures test accuracy of the base and the pruned model on the test split, which the search never
    saw (it was rewarded on the validation split), and their latency with the environment's
-   :class:`~pruning_env.latency.LatencyMeasurer`, in the same process, alternating base and pruned
+   :class:`~pruning_env.measure.LatencyMeasurer`, in the same process, alternating base and pruned
    runs so that both see the same machine load;
 5. exports the pruned model with :func:`pruning_env.export.save_pruned`, checks that
    :func:`pruning_env.export.load_pruned` gives identical outputs, and writes ONNX, checking that
@@ -71,7 +71,7 @@ class FinetuneOptions:
 def measure_speedup(measurer: Any, base: torch.nn.Module, pruned: torch.nn.Module, rounds: int = 3) -> dict[str, Any]:
     """Latency of both models with one measurer, timed alternately run by run (ms, median of ``rounds`` medians).
 
-    Each round is one :meth:`~pruning_env.latency.LatencyMeasurer.measure_many` session: base and pruned
+    Each round is one :meth:`~pruning_env.measure.LatencyMeasurer.measure_many` session: base and pruned
     model take turns one forward pass at a time, so load that comes and goes hits both alike (timing
     30 runs of one and then 30 of the other let a burst of load fall on one model only: the same plan
     measured 3.1-4.5x on a busy machine).
@@ -116,10 +116,11 @@ def finetune_run(opts: FinetuneOptions, env: gym.Env | None = None) -> dict[str,
     configuration whose back end to reuse instead.
     """
     import pruning_env  # noqa: F401  (registers the environments)
-    from pruning_env.engine import PruningPlan, apply_plan, count_macs_params
+    from pruning_env.engine import apply_plan, count_macs_params
     from pruning_env.env import make_backend
     from pruning_env.export import export_onnx, load_pruned, save_pruned
     from pruning_env.models import available_models
+    from pruning_env.plan import PruningPlan
     from pruning_env.train import default_device, evaluate, recalibrate_bn, train
 
     run = Path(opts.run)

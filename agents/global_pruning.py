@@ -61,7 +61,8 @@ import torch
 import torch.nn as nn
 import torch_pruning as tp
 
-from pruning_env.engine import ModelGraph, PruningPlan, apply_plan
+from pruning_env.engine import ModelGraph, apply_plan
+from pruning_env.plan import PruningPlan
 
 __all__ = [
     "IMPORTANCES", "METHODS", "tp_importance", "global_prune", "global_plan", "uniform_plan", "plan_family",
@@ -383,7 +384,7 @@ def match_target(
 
 def macs_price(graph: ModelGraph) -> Callable[[PruningPlan], float]:
     """Price: MACs per sample of the pruned network (``pruning_env.latency.macs_for_kept``; deterministic)."""
-    from pruning_env.latency import macs_for_kept
+    from pruning_env.macs import macs_for_kept
 
     return lambda plan: float(macs_for_kept(graph, graph.kept_counts(plan)))
 
@@ -399,7 +400,7 @@ def measured_price(graph: ModelGraph, measurer: Any) -> Callable[[PruningPlan], 
     """Price: the measured latency of the pruned network (``measurer.measure(apply_plan(...))``, ms).
 
     Each call prunes a fresh copy of ``graph.model`` and times it with the measurer's protocol (a
-    :class:`~pruning_env.latency.LatencyMeasurer`); the answer is noisy, so compare against a base latency
+    :class:`~pruning_env.measure.LatencyMeasurer`); the answer is noisy, so compare against a base latency
     measured by the same measurer, in the same session.
     """
     if not hasattr(measurer, "measure"):

@@ -58,10 +58,11 @@ def cases(tmp: Path) -> list[Case]:
     """The catalogue; files it needs are written under ``tmp``."""
     from agents.factory import make_agent
     from pruning_env.data import load_dataset
-    from pruning_env.engine import ModelGraph, PruningPlan
+    from pruning_env.engine import ModelGraph
     from pruning_env.export import load_pruned
     from pruning_env.importance import make_importance
     from pruning_env.models import build_model
+    from pruning_env.plan import PruningPlan
     from pruning_env.rewards import make_reward
     from pruning_env.scenario import load_checkpoint
 

@@ -28,7 +28,7 @@ import torch_pruning as tp
 from agents.finetune import measure_speedup
 from pruning_env.data import load_dataset
 from pruning_env.engine import ModelGraph, apply_plan, count_macs_params
-from pruning_env.latency import LatencyMeasurer, available_backends
+from pruning_env.measure import LatencyMeasurer, available_backends
 from pruning_env.models import build_model
 from pruning_env.scenario import load_checkpoint
 from pruning_env.train import evaluate

@@ -33,8 +33,10 @@ import numpy as np
 import pandas as pd
 import torch
 
-from pruning_env.engine import ModelGraph, PlanMismatchError, PruningPlan, apply_plan
-from pruning_env.latency import LatencyMeasurer, LatencyTable, available_backends
+from pruning_env.engine import ModelGraph, apply_plan
+from pruning_env.latency import LatencyTable
+from pruning_env.measure import LatencyMeasurer, available_backends
+from pruning_env.plan import PlanMismatchError, PruningPlan
 
 __all__ = ["Args", "parse_args", "random_plans", "agent_plans", "measure_errors", "summarise", "main"]
 

@@ -35,8 +35,9 @@ def remeasure(bench: str | Path, data_root: str | None = None, backend: str = "t
     import torch
 
     from agents.finetune import measure_speedup
-    from pruning_env.engine import PruningPlan, apply_plan
-    from pruning_env.latency import LatencyMeasurer
+    from pruning_env.engine import apply_plan
+    from pruning_env.measure import LatencyMeasurer
+    from pruning_env.plan import PruningPlan
     from pruning_env.scenario import load_scenario
 
     bench = Path(bench)

@@ -49,7 +49,7 @@ def __getattr__(name: str):  # lazy public API: importing the package stays chea
         "PruningBackend": ("backend", "PruningBackend"),
         "BackendConfig": ("backend", "BackendConfig"),
         "ModelGraph": ("engine", "ModelGraph"),
-        "PruningPlan": ("engine", "PruningPlan"),
+        "PruningPlan": ("plan", "PruningPlan"),
         "apply_plan": ("engine", "apply_plan"),
         "count_macs_params": ("engine", "count_macs_params"),
         "load_scenario": ("scenario", "load_scenario"),

@@ -47,10 +47,13 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from .engine import ModelGraph, PruningPlan, apply_plan, count_macs_params
+from .engine import ModelGraph, apply_plan, count_macs_params
 from .features import DataFeatures, build_data_features
 from .importance import scoring_version
-from .latency import TABLE_FORMAT_VERSION, LatencyMeasurer, LatencyTable, macs_for_kept
+from .latency import TABLE_FORMAT_VERSION, LatencyTable
+from .macs import macs_for_kept
+from .measure import LatencyMeasurer
+from .plan import PruningPlan
 from .rewards import EpisodeMetrics
 from .scenario import Scenario
 from .train import default_device, evaluate, pinned_threads, recalibrate_bn, train

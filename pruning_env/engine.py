@@ -1,4 +1,4 @@
-"""Pruning engine: prunable groups, pruning plans and surgery, all through Torch-Pruning.
+"""Pruning engine: prunable groups, plans made from them, and surgery, all through Torch-Pruning.
 
 :class:`ModelGraph` traces a model once with Torch-Pruning's ``DependencyGraph`` and lists its
 prunable groups in forward order. A group is a set of coupled channels that must be removed
@@ -11,43 +11,40 @@ groups, as in Torch-Pruning's ``MetaPruner``: a group that feeds or leaves such 
 as many equal blocks, and the same positions are kept in every block, so each conv group loses the
 same channels. Its kept counts are multiples of :attr:`PruningGroup.step`.
 
-A :class:`PruningPlan` records which channels of each group to keep. It is plain JSON, carries
-the signature of the graph it was made for, and :func:`apply_plan` re-applies it to a fresh copy
-of the base model: the same plan always yields the same pruned model.
+A :class:`~pruning_env.plan.PruningPlan` (module :mod:`pruning_env.plan`) records which channels of
+each group to keep. It is plain JSON, carries the signature of the graph it was made for, and
+:func:`apply_plan` re-applies it to a fresh copy of the base model: the same plan always yields the
+same pruned model. ``PruningPlan`` and ``PlanMismatchError`` are still importable from here.
+
+The module stays one file (about 500 lines): group discovery and the surgery that replays a plan share
+the group bookkeeping (Torch-Pruning groups by root name, conv-group steps, ignored layers); splitting
+them would make that bookkeeping public.
 """
 
 from __future__ import annotations
 
 import copy
-import json
 import math
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.nn as nn
 import torch_pruning as tp
 
-from .cache import atomic_write_json, stable_hash
+from .cache import stable_hash
+from .plan import PlanMismatchError, PruningPlan
+from .tracing import LeafCall, trace_leaf_calls
 
 __all__ = [
     "PruningGroup",
     "LayerInfo",
     "ModelGraph",
-    "PruningPlan",
-    "PlanMismatchError",
     "apply_plan",
     "count_macs_params",
     "zero_removed_channels",
 ]
-
-PLAN_FORMAT_VERSION = 1
-
-
-class PlanMismatchError(ValueError):
-    """A plan does not fit the model it is applied to."""
 
 
 @dataclass(frozen=True)
@@ -107,10 +104,6 @@ def _leaf_kind(m: nn.Module) -> str:
 def _tp_depthwise(m: nn.Module) -> bool:
     # Torch-Pruning's own test: it prunes such a conv's groups together with its channels.
     return isinstance(m, nn.modules.conv._ConvNd) and m.groups == m.out_channels and m.out_channels > 1
-
-
-def _as_tuple(example_inputs: Any) -> tuple:
-    return tuple(example_inputs) if isinstance(example_inputs, (list, tuple)) else (example_inputs,)
 
 
 def _layer_macs(m: nn.Module, out_shape: Sequence[int]) -> int:
@@ -255,40 +248,17 @@ class ModelGraph:
 
     @staticmethod
     def _forward_order(model: nn.Module, example_inputs: Any):
-        order: list[nn.Module] = []
-        shapes: dict[nn.Module, tuple[tuple[int, ...], tuple[int, ...]]] = {}
+        """Leaf modules in the order of their first call, and the shapes of that call.
 
-        def hook(m, inp, out):
-            if m not in shapes and torch.is_tensor(out):
-                order.append(m)
-                x = inp[0] if inp and torch.is_tensor(inp[0]) else None
-                shapes[m] = (tuple(x.shape[1:]) if x is not None else (), tuple(out.shape[1:]))
-
-        entered: list[nn.Module] = []
-        leaves = [m for m in model.modules() if not list(m.children())]
-        handles = [m.register_forward_hook(hook) for m in leaves]
-        handles += [m.register_forward_pre_hook(lambda m, inp: entered.append(m)) for m in leaves]
-        names = {m: n for n, m in model.named_modules()}
-        was_training = model.training
-        try:
-            model.eval()
-            with torch.no_grad():
-                model(*_as_tuple(example_inputs))
-        except Exception as exc:  # name the layer that failed (the last one entered that did not return)
-            failed = next((m for m in reversed(entered) if m not in shapes), None)
-            where = (f"layer {names.get(failed, '?')!r} ({type(failed).__name__})" if failed is not None
-                     else "code outside any leaf layer (the model's own forward)")
-            shape = tuple(example_inputs.shape) if torch.is_tensor(example_inputs) else "?"
-            raise ValueError(
-                f"{type(model).__name__} cannot run the example input of shape {shape}: {where} raised "
-                f"{type(exc).__name__}: {exc}. Pass example inputs the model accepts (input_size / the "
-                "dataset's image size) and make sure its forward runs on them."
-            ) from exc
-        finally:
-            model.train(was_training)
-            for h in handles:
-                h.remove()
-        return order, {m: s[1] for m, s in shapes.items()} | {("in", m): s[0] for m, s in shapes.items()}
+        Shapes map ``module`` to its output shape and ``("in", module)`` to its input shape (``()`` when
+        its first input is not a tensor), both without the batch dimension.
+        """
+        first: dict[nn.Module, LeafCall] = {}
+        for call in trace_leaf_calls(model, example_inputs):
+            first.setdefault(call.module, call)
+        shapes: dict[Any, tuple[int, ...]] = {m: c.out_shape for m, c in first.items()}
+        shapes.update({("in", m): c.in_shape or () for m, c in first.items()})
+        return list(first), shapes
 
     def _layer_table(self, order, shapes) -> list[LayerInfo]:
         ins: dict[str, list[int]] = {}
@@ -463,88 +433,6 @@ class ModelGraph:
 
     def kept_counts(self, plan: PruningPlan) -> list[int]:
         return [len(plan.keep[g.name]) for g in self.groups]
-
-
-@dataclass
-class PruningPlan:
-    """Channels to keep per group; JSON-serialisable and replayable on a fresh base model.
-
-    Attributes:
-        keep: group name -> sorted indices of the channels kept.
-        channels: group name -> channels at full width (for validation).
-        graph_signature: :attr:`ModelGraph.signature` of the model the plan is for.
-        seed: seed of the episode that produced the plan, if any.
-        meta: free-form provenance (scenario id, importance, agent, reward...).
-    """
-
-    keep: dict[str, list[int]]
-    channels: dict[str, int]
-    graph_signature: str = ""
-    seed: int | None = None
-    meta: dict[str, Any] = field(default_factory=dict)
-
-    def ratios(self) -> dict[str, float]:
-        """Fraction of channels pruned per group."""
-        return {n: 1.0 - len(k) / self.channels[n] for n, k in self.keep.items()}
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "format": "dataawareprune.plan", "version": PLAN_FORMAT_VERSION,
-            "graph_signature": self.graph_signature, "seed": self.seed, "meta": self.meta,
-            "channels": self.channels, "keep": {k: [int(i) for i in v] for k, v in self.keep.items()},
-        }
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> PruningPlan:
-        if not isinstance(d, Mapping) or d.get("format") != "dataawareprune.plan":
-            raise ValueError("not a DataAwarePrune plan: expected a JSON object with format 'dataawareprune.plan'")
-        def is_int(i: Any) -> bool:
-            return isinstance(i, int) and not isinstance(i, bool)
-
-        def ints(v: Any) -> list[int]:
-            if isinstance(v, (str, bytes)) or not all(is_int(i) for i in v):
-                raise TypeError(f"channel indices must be a list of integers, got {v!r:.60}")
-            return sorted(v)
-
-        def count(v: Any) -> int:
-            if not is_int(v):
-                raise TypeError(f"channel counts must be integers, got {v!r:.60}")
-            return v
-
-        try:
-            keep = {str(k): ints(v) for k, v in d["keep"].items()}
-            channels = {str(k): count(v) for k, v in d["channels"].items()}
-        except (KeyError, TypeError, ValueError, AttributeError) as exc:
-            raise ValueError(
-                f"malformed plan: {exc!r}; 'keep' and 'channels' must map group names to lists/ints"
-            ) from exc
-        if set(keep) != set(channels):
-            raise ValueError("malformed plan: 'keep' and 'channels' name different groups")
-        return cls(keep=keep, channels=channels, graph_signature=str(d.get("graph_signature", "")),
-                   seed=d.get("seed"), meta=dict(d.get("meta") or {}))
-
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), sort_keys=True)
-
-    @classmethod
-    def from_json(cls, text: str) -> PruningPlan:
-        try:
-            d = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"plan is not valid JSON ({exc}); the file may be truncated or corrupt") from exc
-        return cls.from_dict(d)
-
-    def save(self, path: str | Path) -> Path:
-        path = Path(path)
-        atomic_write_json(path, self.to_dict())
-        return path
-
-    @classmethod
-    def load(cls, path: str | Path) -> PruningPlan:
-        path = Path(path)
-        if not path.exists():
-            raise FileNotFoundError(f"plan file {path} does not exist")
-        return cls.from_json(path.read_text())
 
 
 def apply_plan(

@@ -14,8 +14,8 @@ import torch.nn as nn
 from gymnasium import spaces
 
 from .backend import LATENCY_MODES, BackendConfig, PruningBackend, release_freed_memory
-from .engine import PruningPlan
 from .latency import LatencyTable
+from .plan import PruningPlan
 from .rewards import EpisodeMetrics, Reward, make_reward
 from .scenario import DEFAULT_DATASET, DEFAULT_MODEL, Scenario, load_scenario
 

@@ -17,7 +17,8 @@ import torch
 import torch.nn as nn
 
 from .cache import load_weights_only
-from .engine import PruningPlan, apply_plan
+from .engine import apply_plan
+from .plan import PruningPlan
 
 __all__ = ["save_pruned", "load_pruned", "export_onnx"]
 

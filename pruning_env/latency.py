@@ -1,557 +1,52 @@
-"""Latency and MACs of pruning plans: an end-to-end measurer, a per-layer lookup table, a MACs proxy.
+"""The per-layer latency lookup table: a plan's latency in ms without building the pruned model.
 
-Three ways to price a plan, from the most faithful to the cheapest:
+A plan can be priced three ways, from the most faithful to the cheapest:
 
-* :class:`LatencyMeasurer` times a built (pruned) model: median of repeated runs after warm-up runs,
-  with a fixed number of threads, in torch eager mode or in onnxruntime.
-* :class:`LatencyTable` predicts a plan's latency without building the pruned model. Every layer
-  (conv, depthwise conv, linear, BN, activation, pooling) is timed alone on a small grid of kept channel
-  counts, once per architecture, input shape and measurer setting, and cached on disk. A plan costs the
-  bilinearly interpolated sum of its layers, mapped to end-to-end milliseconds by an affine calibration
-  against the measured full model (exact) and, by default, a dozen measured pruned models (least
-  squares): the calibration absorbs what the table does not see (residual adds, memory traffic, framework
-  dispatch).
-* :class:`MacsModel` / :func:`macs_for_kept` count MACs analytically, the way Torch-Pruning's
-  ``count_ops_and_params`` counts them on the physically pruned model.
+* :class:`~pruning_env.measure.LatencyMeasurer` (:mod:`pruning_env.measure`) times a built (pruned)
+  model: median of repeated runs after warm-up runs, with a fixed number of threads, in torch eager
+  mode or in onnxruntime.
+* :class:`LatencyTable` (this module) predicts a plan's latency without building the pruned model.
+  Every cost unit (:func:`~pruning_env.macs.cost_units`: conv, depthwise conv, linear, BN, activation,
+  pooling) is timed alone on a small grid of kept channel counts, once per architecture, input shape
+  and measurer setting, and cached on disk. A plan costs the bilinearly interpolated sum of its layers,
+  mapped to end-to-end milliseconds by a calibration through the measured full model (exact) and, by
+  default, fitted to a dozen measured pruned models: the calibration absorbs what the table does not
+  see (residual adds, memory traffic, framework dispatch).
+* :class:`~pruning_env.macs.MacsModel` / :func:`~pruning_env.macs.macs_for_kept` (:mod:`pruning_env.macs`)
+  count MACs analytically, the way Torch-Pruning's ``count_ops_and_params`` counts them on the
+  physically pruned model.
+
+This module holds the table (loading, prediction, serialisation, the disk cache and the build
+procedure); how its layers are timed and how its calibration is fitted is in
+:mod:`pruning_env.latency_build`.
 """
 
 from __future__ import annotations
 
-import contextlib
 import copy
-import io
 import logging
-import math
-import os
-import platform
 import time
-import warnings
-import weakref
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
 
 from .cache import cache_dir, cached_json, stable_hash
-from .engine import LayerInfo, ModelGraph, PlanMismatchError, PruningPlan, apply_plan
-from .train import pinned_threads
+from .engine import ModelGraph, apply_plan
+from .latency_build import calibration_anchors, fit_calibration, layer_spec, time_layers, timeable
+from .macs import cost_units, kept_vector
+from .measure import LatencyMeasurer
+from .plan import PlanMismatchError, PruningPlan
 
-__all__ = ["LatencyMeasurer", "LatencyTable", "MacsModel", "macs_for_kept", "available_backends", "DEFAULT_GRID"]
+__all__ = ["LatencyTable", "DEFAULT_GRID"]
 
 log = logging.getLogger(__name__)
 
 TABLE_FORMAT = "dataawareprune.latency_table"
 TABLE_FORMAT_VERSION = 2  # 2: round_to grids, random calibration models, load reference
 DEFAULT_GRID = (0.25, 0.5, 0.75, 1.0)  # kept fractions per channel axis; 1 channel is always added
-CALIBRATION_KEEP = 0.5  # kept fraction of every group in the uniform calibration model
-EXACT_POINTS = 8  # an axis with at most this many allowed widths (multiples of round_to) is timed at every one
-CALIBRATION_PLANS = 6  # random calibration models (seeded), besides the uniform ones
 LOAD_WARN = 1.25  # reference layer slower/faster by more than this across a build: the machine's load changed
-_SCALE_BOUNDS = (0.1, 10.0)  # a calibration slope outside this range is noise, not a property of the model
-_SCAN_BOUNDS = (0.25, 4.0)  # a scan ratio outside this range is a timing accident, not a kernel effect
-_LAYER_ROUNDS = 3  # interleaved rounds over the grid points of one layer (10 back-to-back runs keep caches warm)
-
-# Modules Torch-Pruning's op counter prices (by output / input elements); mirrored by MacsModel.
-_TP_ACTIVATIONS = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.PReLU)
-_ACTIVATIONS = _TP_ACTIVATIONS + (nn.SiLU, nn.Hardswish, nn.Hardsigmoid, nn.Sigmoid, nn.Tanh, nn.GELU, nn.Mish)
-_POOLS = (
-    nn.MaxPool1d, nn.MaxPool2d, nn.AvgPool1d, nn.AvgPool2d,
-    nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d,
-)
-
-
-# ---------------------------------------------------------------------------------------------
-# End-to-end measurement
-# ---------------------------------------------------------------------------------------------
-def _require_onnxruntime():
-    try:
-        import onnxruntime
-    except ImportError as exc:
-        raise ImportError(
-            "the onnxruntime latency backend needs onnxruntime and onnx: pip install dataawareprune[onnx]"
-        ) from exc
-    return onnxruntime
-
-
-def available_backends() -> list[str]:
-    """Latency backends usable here: ``torch`` always, ``onnxruntime`` when the optional extra is installed."""
-    try:
-        _require_onnxruntime()
-    except ImportError:
-        return ["torch"]
-    return ["torch", "onnxruntime"]
-
-
-def _hardware(device: torch.device) -> str:
-    if device.type == "cuda" and torch.cuda.is_available():
-        return torch.cuda.get_device_name(device)
-    name = platform.processor() or platform.machine()
-    with contextlib.suppress(OSError):
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    name = line.split(":", 1)[1].strip()
-                    break
-    return f"{name} ({os.cpu_count()} logical cores)"
-
-
-def _module_device(model: nn.Module) -> torch.device | None:
-    for t in model.parameters():
-        return t.device
-    for t in model.buffers():
-        return t.device
-    return None
-
-
-def _onnx_bytes(model: nn.Module, x: torch.Tensor, opset: int = 17) -> bytes:
-    buf = io.BytesIO()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation and tracer warnings
-        kwargs = dict(opset_version=opset, input_names=["input"], output_names=["output"])
-        try:
-            torch.onnx.export(model, (x,), buf, dynamo=False, **kwargs)
-        except TypeError:  # torch without the ``dynamo`` argument
-            buf = io.BytesIO()
-            torch.onnx.export(model, (x,), buf, **kwargs)
-    return buf.getvalue()
-
-
-def _stats(times_ms: Sequence[float]) -> dict[str, float]:
-    t = np.asarray(times_ms, dtype=np.float64)
-    return {
-        "median_ms": float(np.median(t)), "p10": float(np.percentile(t, 10)), "p90": float(np.percentile(t, 90)),
-        "mean": float(t.mean()), "min": float(t.min()), "runs": int(t.size),
-    }
-
-
-class LatencyMeasurer:
-    """Wall-clock latency of a model: median of ``repeats`` timed runs after ``warmup`` runs.
-
-    Runs are timed one forward pass each under ``torch.inference_mode()`` with the model in eval mode
-    (its mode is restored afterwards), with ``torch.set_num_threads(threads)`` for the duration of the
-    measurement (restored afterwards), and with CUDA synchronised around every run on a GPU.
-
-    Args:
-        device: where the model runs (a model elsewhere is copied there, never moved).
-        batch_size: images per forward pass.
-        threads: intra-op threads (torch, or onnxruntime's ``intra_op_num_threads``); ``None`` fixes the
-            current ``torch.get_num_threads()`` at construction.
-        warmup: untimed runs first (allocator, caches, lazy kernel selection).
-        repeats: timed runs; the median is the point estimate.
-        backend: ``"torch"`` (eager) or ``"onnxruntime"`` (the model is exported to ONNX in memory).
-        input_shape: one image, without the batch dimension.
-    """
-
-    def __init__(
-        self,
-        device: str | torch.device = "cpu",
-        batch_size: int = 1,
-        threads: int | None = None,
-        warmup: int = 5,
-        repeats: int = 30,
-        backend: str = "torch",
-        input_shape: Sequence[int] = (3, 32, 32),
-    ) -> None:
-        if backend not in ("torch", "onnxruntime"):
-            raise ValueError(f"backend must be 'torch' or 'onnxruntime', got {backend!r}")
-        if batch_size < 1 or repeats < 1 or warmup < 0:
-            raise ValueError(f"need batch_size >= 1, repeats >= 1, warmup >= 0; got {batch_size}, {repeats}, {warmup}")
-        if threads is not None and threads < 1:
-            raise ValueError(f"threads must be >= 1 or None, got {threads}")
-        self.device = torch.device(device)
-        if self.device.type == "cuda" and not torch.cuda.is_available():
-            raise ValueError("device 'cuda' requested but CUDA is not available")
-        self.backend = backend
-        self._ort = _require_onnxruntime() if backend == "onnxruntime" else None
-        self.batch_size = int(batch_size)
-        self.threads = int(threads) if threads is not None else torch.get_num_threads()
-        self.warmup = int(warmup)
-        self.repeats = int(repeats)
-        self.input_shape = tuple(int(s) for s in input_shape)
-
-    def __repr__(self) -> str:
-        return (f"LatencyMeasurer(backend={self.backend!r}, device={str(self.device)!r}, "
-                f"batch_size={self.batch_size}, threads={self.threads}, warmup={self.warmup}, "
-                f"repeats={self.repeats}, input_shape={self.input_shape})")
-
-    def describe(self) -> dict[str, Any]:
-        """Settings to record with every number this measurer produces (also part of table cache keys)."""
-        return {
-            "backend": self.backend, "device": str(self.device), "hardware": _hardware(self.device),
-            "batch_size": self.batch_size, "threads": self.threads, "warmup": self.warmup, "repeats": self.repeats,
-            "input_shape": list(self.input_shape), "torch": torch.__version__,
-            "onnxruntime": self._ort.__version__ if self._ort is not None else None,
-        }
-
-    def example_input(self, shape: Sequence[int] | None = None) -> torch.Tensor:
-        """A fixed random batch ``batch_size x shape`` (default ``input_shape``) on the measurer's device."""
-        g = torch.Generator().manual_seed(0)
-        x = torch.randn(self.batch_size, *(self.input_shape if shape is None else shape), generator=g)
-        return x.to(self.device)
-
-    def measure(self, model: nn.Module, inputs: torch.Tensor | None = None) -> float:
-        """Median latency in ms of one forward pass of ``inputs`` (default :meth:`example_input`)."""
-        return self.measure_stats(model, inputs)["median_ms"]
-
-    def measure_stats(self, model: nn.Module, inputs: torch.Tensor | None = None) -> dict[str, float]:
-        """``median_ms``, ``p10``, ``p90``, ``mean``, ``min`` (ms) and ``runs`` (number of timed runs)."""
-        return self.measure_many([model], inputs, rounds=1)[0]
-
-    def measure_many(
-        self,
-        models: Sequence[nn.Module],
-        inputs: torch.Tensor | Sequence[torch.Tensor] | None = None,
-        rounds: int | None = None,
-    ) -> list[dict[str, float]]:
-        """Statistics of several models timed in interleaved rounds (one input, or one per model).
-
-        Every model gets ``warmup`` runs, then each of ``rounds`` rounds (default ``repeats``: one run per
-        model per round) times every model ``ceil(repeats / rounds)`` times in turn, so a change of machine
-        load during the measurement affects all models alike: use it to compare models on a shared machine.
-        """
-        rounds = self.repeats if rounds is None else rounds
-        if rounds < 1:
-            raise ValueError(f"rounds must be >= 1, got {rounds}")
-        if inputs is None or torch.is_tensor(inputs):
-            xs = [self.example_input() if inputs is None else inputs.to(self.device)] * len(models)
-        else:
-            xs = [x.to(self.device) for x in inputs]
-            if len(xs) != len(models):
-                raise ValueError(f"got {len(xs)} inputs for {len(models)} models")
-        per_round = max(1, math.ceil(self.repeats / rounds))
-        times: list[list[float]] = [[] for _ in models]
-        with contextlib.ExitStack() as stack:
-            if self.backend == "torch":
-                stack.enter_context(pinned_threads(self.threads))
-                stack.enter_context(torch.inference_mode())
-            fns = [stack.enter_context(self._runner(m, x)) for m, x in zip(models, xs)]
-            for fn in fns:
-                for _ in range(self.warmup):
-                    fn()
-            for _ in range(rounds):
-                for fn, t in zip(fns, times):
-                    t.extend(self._timed_runs(fn, per_round))
-        return [_stats(t) for t in times]
-
-    @contextlib.contextmanager
-    def _runner(self, model: nn.Module, x: torch.Tensor) -> Iterator[Callable[[], Any]]:
-        """A no-argument callable running ``model`` on ``x`` with this measurer's backend."""
-        was_training = model.training
-        run_model = model
-        if _module_device(model) not in (None, self.device):
-            run_model = copy.deepcopy(model).to(self.device)
-        run_model.eval()
-        try:
-            if self.backend == "onnxruntime":
-                yield self._onnxruntime_runner(run_model, x)
-            else:
-                yield lambda: run_model(x)
-        finally:
-            model.train(was_training)
-
-    def _timed_runs(self, fn: Callable[[], Any], n: int) -> list[float]:
-        cuda = self.device.type == "cuda"
-        if cuda:
-            torch.cuda.synchronize(self.device)
-        times = []
-        for _ in range(n):
-            t0 = time.perf_counter()
-            fn()
-            if cuda:
-                torch.cuda.synchronize(self.device)
-            times.append((time.perf_counter() - t0) * 1e3)
-        return times
-
-    def _onnxruntime_runner(self, model: nn.Module, x: torch.Tensor) -> Callable[[], Any]:
-        ort = self._ort
-        with torch.no_grad():
-            data = _onnx_bytes(model, x)
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = self.threads
-        opts.inter_op_num_threads = 1
-        opts.log_severity_level = 3
-        providers = ["CPUExecutionProvider"]
-        if self.device.type == "cuda":
-            if "CUDAExecutionProvider" not in ort.get_available_providers():
-                raise RuntimeError("onnxruntime has no CUDAExecutionProvider: install onnxruntime-gpu or use cpu")
-            providers.insert(0, "CUDAExecutionProvider")
-        session = ort.InferenceSession(data, opts, providers=providers)
-        feed = {session.get_inputs()[0].name: x.detach().cpu().numpy()}
-        return lambda: session.run(None, feed)
-
-
-# ---------------------------------------------------------------------------------------------
-# Cost units: the layers a plan's cost is the sum of
-# ---------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class _Unit:
-    """A priced layer; ``kind`` in conv, depthwise, linear, bn, act, pool. Single-axis kinds use ``out_*``."""
-
-    name: str
-    kind: str
-    module: nn.Module
-    in_channels: int
-    out_channels: int
-    in_shape: tuple[int, ...]
-    out_shape: tuple[int, ...]
-    in_groups: tuple[int, ...]
-    out_groups: tuple[int, ...]
-
-    @property
-    def two_axes(self) -> bool:
-        return self.kind in ("conv", "linear")
-
-
-def _trace_calls(model: nn.Module, example_inputs: Any) -> list[tuple[str, nn.Module, tuple, tuple]]:
-    """Every leaf-module call of one forward pass, in order: (name, module, in shape, out shape)."""
-    names = {m: n for n, m in model.named_modules()}
-    calls = []
-
-    def hook(m, inp, out):
-        if inp and torch.is_tensor(inp[0]) and torch.is_tensor(out):
-            calls.append((names[m], m, tuple(inp[0].shape[1:]), tuple(out.shape[1:])))
-
-    handles = [m.register_forward_hook(hook) for m in model.modules() if not list(m.children())]
-    was_training = model.training
-    args = tuple(example_inputs) if isinstance(example_inputs, (list, tuple)) else (example_inputs,)
-    try:
-        model.eval()
-        with torch.no_grad():
-            model(*args)
-    finally:
-        model.train(was_training)
-        for h in handles:
-            h.remove()
-    return calls
-
-
-_UNITS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-
-
-def _cost_units(graph: ModelGraph) -> list[_Unit]:
-    """``graph.layers`` plus the activations and pools between them, in forward order.
-
-    An activation or pool takes the channel groups of the last layer with parameters before it when its
-    channel count matches (conv -> BN -> ReLU; the ReLU after a residual add follows the BN of the branch).
-    """
-    if graph in _UNITS:
-        return _UNITS[graph]
-    info: dict[str, LayerInfo] = {li.name: li for li in graph.layers}
-    units: list[_Unit] = []
-    seen: set[str] = set()
-    owner: tuple[int, tuple[int, ...]] | None = None  # (channels, out_groups) of the last layer
-    for name, m, ish, osh in _trace_calls(graph.model, graph.example_inputs):
-        if name in info:
-            if name in seen:
-                continue  # a module called twice: LayerInfo describes its first call
-            seen.add(name)
-            li = info[name]
-            units.append(_Unit(name, li.kind, m, li.in_channels, li.out_channels, tuple(li.in_shape),
-                               tuple(li.out_shape), tuple(li.in_groups), tuple(li.out_groups)))
-            owner = (li.out_channels, tuple(li.out_groups))
-        elif isinstance(m, _ACTIVATIONS + _POOLS) and ish:
-            c = int(ish[0])
-            groups = owner[1] if owner is not None and owner[0] == c else ()
-            kind = "pool" if isinstance(m, _POOLS) else "act"
-            units.append(_Unit(name, kind, m, c, c, ish, osh, groups, groups))
-    _UNITS[graph] = units
-    return units
-
-
-def _kept_vector(channels: np.ndarray, kept: Sequence[int] | np.ndarray) -> np.ndarray:
-    k = np.asarray(kept, dtype=np.float64)
-    if k.shape != channels.shape:
-        raise ValueError(f"expected {channels.size} kept counts (one per group), got shape {k.shape}")
-    if np.any(k < 1) or np.any(k > channels):
-        bad = int(np.argmax((k < 1) | (k > channels)))
-        raise ValueError(f"kept[{bad}] = {k[bad]:g} is outside [1, {int(channels[bad])}] (group {bad})")
-    return k
-
-
-def _incidence(units: Sequence[_Unit], n_groups: int, side: str) -> np.ndarray:
-    a = np.zeros((len(units), n_groups))
-    for i, u in enumerate(units):
-        if side == "out" or u.two_axes:
-            for g in (u.out_groups if side == "out" else u.in_groups):
-                a[i, g] += 1.0
-    return a
-
-
-# ---------------------------------------------------------------------------------------------
-# MACs proxy
-# ---------------------------------------------------------------------------------------------
-class MacsModel:
-    """MACs of a plan per sample, analytically, as Torch-Pruning's op counter counts the pruned model.
-
-    Conv: ``H'W' * k * k * kept_out * kept_in / groups`` (+ bias); linear: ``kept_in * kept_out`` (+ bias);
-    BN: 2 per element; ReLU-family activations: 1 per output element; pooling: 1 per input element.
-    """
-
-    def __init__(self, graph: ModelGraph) -> None:
-        units = _cost_units(graph)
-        self.channels = np.array([g.channels for g in graph.groups], dtype=np.float64)
-        self._a_in = _incidence(units, len(self.channels), "in")
-        self._a_out = _incidence(units, len(self.channels), "out")
-        self._in_full = np.array([u.in_channels for u in units], dtype=np.float64)
-        self._out_full = np.array([u.out_channels for u in units], dtype=np.float64)
-        c_io, c_o = np.zeros(len(units)), np.zeros(len(units))
-        for i, u in enumerate(units):
-            m = u.module
-            if u.kind in ("conv", "depthwise"):
-                spatial, kk = math.prod(u.out_shape[1:]), math.prod(m.kernel_size)
-                bias = spatial if m.bias is not None else 0
-                if u.kind == "depthwise":  # groups follow the kept channels: one input channel per group
-                    c_o[i] = spatial * kk * (m.in_channels // m.groups) + bias
-                else:
-                    c_io[i], c_o[i] = spatial * kk / m.groups, bias
-            elif u.kind == "linear":
-                c_io[i], c_o[i] = math.prod(u.out_shape[:-1]), (1 if m.bias is not None else 0)
-            elif u.kind == "bn":
-                c_o[i] = (2 if getattr(m, "affine", True) else 1) * math.prod(u.in_shape[1:])
-            elif u.kind == "act" and isinstance(m, _TP_ACTIVATIONS):
-                c_o[i] = math.prod(u.out_shape[1:])
-            elif u.kind == "pool":
-                c_o[i] = math.prod(u.in_shape[1:])
-        self._c_io, self._c_o = c_io, c_o
-        self.base_macs = self.predict(self.channels)
-
-    def predict(self, kept: Sequence[int] | np.ndarray) -> int:
-        """MACs per sample when group ``i`` keeps ``kept[i]`` channels."""
-        removed = self.channels - _kept_vector(self.channels, kept)
-        k_in = self._in_full - self._a_in @ removed
-        k_out = self._out_full - self._a_out @ removed
-        return int(round(float(self._c_io @ (k_in * k_out) + self._c_o @ k_out)))
-
-
-_MACS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-
-
-def macs_for_kept(graph: ModelGraph, kept: Sequence[int] | np.ndarray) -> int:
-    """MACs per sample of ``graph``'s model with ``kept[i]`` channels kept in group ``i`` (no surgery)."""
-    if graph not in _MACS:
-        _MACS[graph] = MacsModel(graph)
-    return _MACS[graph].predict(kept)
-
-
-# ---------------------------------------------------------------------------------------------
-# Latency lookup table
-# ---------------------------------------------------------------------------------------------
-def _spec(u: _Unit) -> dict[str, Any]:
-    """What determines a unit's latency, apart from its kept channels (the dedup key of measurements)."""
-    m = u.module
-    spec: dict[str, Any] = {"kind": u.kind, "type": type(m).__name__, "in": u.in_channels, "out": u.out_channels,
-                            "in_shape": list(u.in_shape), "vary_in": bool(u.two_axes and u.in_groups),
-                            "vary_out": bool(u.out_groups)}
-    if u.kind in ("conv", "depthwise"):
-        spec.update(kernel=list(m.kernel_size), stride=list(m.stride), padding=m.padding, dilation=list(m.dilation),
-                    groups=m.groups, bias=m.bias is not None, padding_mode=m.padding_mode)
-    elif u.kind == "linear":
-        spec.update(bias=m.bias is not None)
-    elif u.kind == "bn":
-        spec.update(affine=m.affine, eps=m.eps)
-    else:
-        spec.update(module=repr(m))
-    return spec
-
-
-def _axis_points(full: int, vary: bool, grid: Sequence[float], step: int = 1, round_to: int = 1) -> list[int]:
-    """Kept channels timed on one axis.
-
-    The widths a plan can have are multiples of ``unit = lcm(step, round_to)`` and ``full`` itself. When
-    there are at most :data:`EXACT_POINTS` of them, every one is timed (the table is then exact on that
-    axis: no interpolation across the kernels' block effects); otherwise ``unit``, multiples of ``unit``
-    near the ``grid`` fractions of ``full``, and ``full``.
-    """
-    if not vary:
-        return [full]
-    unit = step * round_to // math.gcd(step, round_to)
-    n = full // unit
-    if n == 0:  # narrower than one unit: the group can only stay whole
-        return [full]
-    if round_to > 1 and n <= EXACT_POINTS:
-        return sorted({unit * i for i in range(1, n + 1)} | {full})
-    return sorted({unit * max(1, min(n, round(f * n))) for f in grid} | {unit, full})
-
-
-def _timeable(u: _Unit) -> bool:
-    return not (u.kind == "act" and any(True for _ in u.module.parameters()))  # e.g. per-channel PReLU
-
-
-def _layer_instance(u: _Unit, k_in: int, k_out: int, batch: int) -> tuple[nn.Module, tuple[int, ...]]:
-    """A fresh layer like ``u`` with ``k_in`` / ``k_out`` channels and the shape of its input batch."""
-    m = u.module
-    if u.kind in ("conv", "depthwise"):
-        if u.kind == "depthwise":
-            k_in = k_out // (m.out_channels // m.in_channels)
-            groups = k_in
-        else:
-            groups = m.groups if k_in % m.groups == 0 and k_out % m.groups == 0 else 1
-        layer = type(m)(k_in, k_out, m.kernel_size, stride=m.stride, padding=m.padding, dilation=m.dilation,
-                        groups=groups, bias=m.bias is not None, padding_mode=m.padding_mode)
-        return layer, (batch, k_in, *u.in_shape[1:])
-    if u.kind == "linear":
-        return nn.Linear(k_in, k_out, bias=m.bias is not None), (batch, *u.in_shape[:-1], k_in)
-    if u.kind == "bn":
-        return type(m)(k_out, eps=m.eps, affine=m.affine), (batch, k_out, *u.in_shape[1:])
-    return copy.deepcopy(m), (batch, k_out, *u.in_shape[1:])
-
-
-def _reference(measurer: LatencyMeasurer) -> tuple[nn.Module, torch.Tensor]:
-    """The load canary: a fixed 32-channel 3x3 conv on 16x16 maps, timed with every configuration."""
-    layer = nn.Conv2d(32, 32, 3, padding=1, bias=False).to(measurer.device).eval()
-    return layer, torch.randn(measurer.batch_size, 32, 16, 16, generator=torch.Generator().manual_seed(0))
-
-
-def _time_points(u: _Unit, points: Sequence[tuple[int, int]], measurer: LatencyMeasurer,
-                 reference: tuple[nn.Module, torch.Tensor]) -> tuple[list[float], float]:
-    """Median ms of fresh layers like ``u`` at each ``(k_in, k_out)``, and of the ``reference`` layer.
-
-    All are measured in interleaved rounds, so that a burst of machine load does not bend one part of the
-    grid; the reference shows how fast the machine was while this configuration was timed.
-    """
-    layers, inputs = [reference[0]], [reference[1]]
-    for j, (k_in, k_out) in enumerate(points):
-        layer, shape = _layer_instance(u, k_in, k_out, measurer.batch_size)
-        layers.append(layer.to(measurer.device).eval())
-        inputs.append(torch.randn(*shape, generator=torch.Generator().manual_seed(j)))
-    ref, *ms = (s["median_ms"] for s in measurer.measure_many(layers, inputs, rounds=_LAYER_ROUNDS))
-    return ms, ref
-
-
-def _calibration_anchors(
-    channels: np.ndarray, round_to: int = 1, steps: Sequence[int] | None = None
-) -> list[list[int]]:
-    """Kept counts of the calibration models (deterministic).
-
-    Uniform models keeping 1/4, 1/2 and 3/4 of every group, :data:`CALIBRATION_PLANS` random ones (half
-    keeping 20-100% of each group, half 20-60%: the range that plans at a 2x target live in), all rounded
-    to ``round_to`` (and each group's ``steps``: grouped convs) as the environment rounds. With
-    ``round_to == 1`` also the half-width model plus one channel (one ``step``) per group: kernels work
-    on blocks of 8 or 16 channels, so 8/16/32 channels per stage of a CIFAR ResNet is unusually fast for
-    its size and 9/17/33 unusually slow (1.8x at batch 64 in torch).
-    """
-    rng = np.random.default_rng(0)
-    n = len(channels)
-    steps = [1] * n if steps is None else [int(s) for s in steps]
-
-    def keep(fractions) -> list[int]:
-        return [ModelGraph.n_keep(int(c), 1.0 - float(f), round_to, 1, s)
-                for c, f, s in zip(channels, fractions, steps)]
-
-    anchors = [keep([f] * n) for f in (0.25, CALIBRATION_KEEP, 0.75)]
-    anchors += [keep(rng.uniform(0.2, 1.0, n)) for _ in range(CALIBRATION_PLANS - CALIBRATION_PLANS // 2)]
-    anchors += [keep(rng.uniform(0.2, 0.6, n)) for _ in range(CALIBRATION_PLANS // 2)]
-    if round_to == 1:
-        anchors.append([min(int(c), k + s) for k, c, s in zip(anchors[1], channels, steps)])
-    full = [int(c) for c in channels]
-    unique = []
-    for a in anchors:
-        if a != full and a not in unique:
-            unique.append(a)
-    return unique
 
 
 def _segments(xs: np.ndarray, x: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -573,8 +68,9 @@ class LatencyTable:
     ``predict(kept) = offset_ms + scale * table_ms(kept)``: ``scale`` and ``offset_ms`` map the table's sum
     onto measured end-to-end latency, exactly at the full model (``predict(full) == base_ms``) and, with
     calibration (the default), as close as possible at a dozen measured pruned models (see
-    :func:`_calibration_anchors`; an affine map or a power law, whichever fits them better). Layers timed
-    alone do not cost what they cost inside the network (residual adds, memory traffic between layers,
+    :func:`~pruning_env.latency_build.calibration_anchors`; an affine map or a power law, whichever fits
+    them better: :func:`~pruning_env.latency_build.fit_calibration`). Layers timed alone do not cost what
+    they cost inside the network (residual adds, memory traffic between layers,
     framework dispatch), so an uncalibrated constant offset overestimated speedups by up to 86% at batch
     64 on the development CPU; calibrated, with ``round_to=8``, predicted speedups of 20 random plans were
     within 1.4% (median) / 6.0% (worst) of the measured ones on ResNet-20, 0.8% / 2.8% on ResNet-56.
@@ -585,11 +81,11 @@ class LatencyTable:
     because kernels work on blocks of 8 or 16 channels) are priced. Predictions are then no longer monotone.
 
     Attributes: ``base_ms`` (measured full model), ``scale``, ``offset_ms``, ``channels`` (per group),
-    ``group_names``, ``settings`` (the measurer's :meth:`~LatencyMeasurer.describe`), ``unit_names`` and
-    ``unit_ms`` (table latency of every priced layer at full width), ``build_seconds``, ``from_cache``,
-    ``round_to``, ``exponent`` (None for the affine map), ``calibration_error`` (median and worst relative
-    error on the calibration models and the map chosen, or None)
-    and ``load_spread`` (how much the reference layer's speed varied during the build; 1.0 on a quiet machine).
+    ``group_names``, ``settings`` (the measurer's :meth:`~pruning_env.measure.LatencyMeasurer.describe`),
+    ``unit_names`` and ``unit_ms`` (table latency of every priced layer at full width), ``build_seconds``,
+    ``from_cache``, ``round_to``, ``exponent`` (None for the affine map), ``calibration_error`` (median and
+    worst relative error on the calibration models and the map chosen, or None) and ``load_spread`` (how
+    much the reference layer's speed varied during the build; 1.0 on a quiet machine).
     """
 
     def __init__(self, data: Mapping[str, Any]) -> None:
@@ -673,7 +169,7 @@ class LatencyTable:
 
     def table_ms(self, kept: Sequence[int] | np.ndarray) -> float:
         """Sum of the interpolated per-layer latencies (ms), before calibration."""
-        return float(self._unit_ms(_kept_vector(self.channels, kept)).sum())
+        return float(self._unit_ms(kept_vector(self.channels, kept)).sum())
 
     def predict(self, kept: Sequence[int] | np.ndarray) -> float:
         """Predicted end-to-end latency (ms) when group ``i`` keeps ``kept[i]`` channels."""
@@ -756,8 +252,8 @@ class LatencyTable:
         if torch.is_tensor(ex) and tuple(ex.shape[1:]) != measurer.input_shape:
             raise ValueError(f"the graph was traced with input {tuple(ex.shape[1:])} but the measurer's "
                              f"input_shape is {measurer.input_shape}")
-        units = [u for u in _cost_units(graph) if _timeable(u)]
-        specs = [_spec(u) for u in units]
+        units = [u for u in cost_units(graph) if timeable(u)]
+        specs = [layer_spec(u) for u in units]
         key = stable_hash({
             "version": TABLE_FORMAT_VERSION, "signature": graph.signature, "settings": measurer.describe(),
             "grid": [float(f) for f in grid], "calibrate": bool(calibrate), "scan": scan, "round_to": int(round_to),
@@ -792,56 +288,7 @@ class LatencyTable:
     @classmethod
     def _measure(cls, graph, measurer, units, specs, grid, calibrate, scan, round_to) -> dict[str, Any]:
         t_start = time.perf_counter()
-        configs: list[dict[str, Any]] = []
-        index: dict[str, int] = {}
-        rows = []
-        for u, spec in zip(units, specs):
-            key = stable_hash(spec)
-            if key not in index:
-                # depthwise: whole channel multipliers; grouped conv: the same count per conv group
-                step = u.out_channels // u.in_channels if u.kind == "depthwise" else getattr(u.module, "groups", 1)
-                index[key] = len(configs)
-                configs.append({
-                    "spec": spec, "unit": u,
-                    "in_points": _axis_points(u.in_channels, spec["vary_in"], grid, step if u.kind == "conv" else 1,
-                                              round_to),
-                    "out_points": _axis_points(u.out_channels, spec["vary_out"], grid, step, round_to),
-                })
-            rows.append({"name": u.name, "kind": u.kind, "config": index[key],
-                         "in": u.in_channels, "out": u.out_channels,
-                         "in_groups": list(u.in_groups) if spec["vary_in"] else [],
-                         "out_groups": list(u.out_groups)})
-        # Every configuration is timed together with a fixed reference layer: how much its speed varies
-        # across the build shows whether the machine's load changed meanwhile. The layers' times are not
-        # divided by it: the reference's own speed depends on what it runs beside (caches), and dividing
-        # by it doubled the table's error on a quiet machine (ResNet-20, 20 plans: worst 18.6% vs 7.5%).
-        reference = _reference(measurer)
-        refs: list[float] = []
-
-        def timed(u, points):
-            ms, ref = _time_points(u, points, measurer, reference)
-            refs.append(ref)
-            return np.asarray(ms)
-
-        n_points = 0
-        for c in configs:
-            u = c.pop("unit")
-            pi, po = c["in_points"], c["out_points"]
-            points = [(k_in, k_out) for k_in in pi for k_out in po]
-            ms = timed(u, points).reshape(len(pi), len(po))
-            n_points += len(points)
-            # More channels never cost less on the grid: a dip is timing noise the agent must not
-            # exploit; the running maximum keeps the grid monotone in every group.
-            c["ms"] = np.maximum.accumulate(np.maximum.accumulate(ms, axis=0), axis=1).tolist()
-            for axis, pts in (("in", pi), ("out", po)):
-                if not scan or len(pts) < 2:
-                    continue
-                ks = list(range(pts[0], pts[-1] + 1, pts[0]))  # every count: the grid's points are among them
-                scan_points = [(k, po[-1]) if axis == "in" else (pi[-1], k) for k in ks]
-                t = timed(u, scan_points)
-                smooth = np.interp(ks, pts, t[[ks.index(p) for p in pts]])  # 1.0 at the grid's points
-                c[f"scan_{axis}"] = np.clip(t / smooth, *_SCAN_BOUNDS).tolist()
-                n_points += len(ks)
+        configs, rows, refs, n_points = time_layers(units, specs, measurer, grid, scan, round_to)
         load_spread = max(refs) / min(refs) if refs else 1.0
         data: dict[str, Any] = {
             "format": TABLE_FORMAT, "version": TABLE_FORMAT_VERSION, "graph_signature": graph.signature,
@@ -857,34 +304,16 @@ class LatencyTable:
         if not calibrate:
             base = measurer.measure_many([graph.model])[0]["median_ms"]
         else:
-            anchors = _calibration_anchors(full, round_to, [g.step for g in graph.groups])
+            anchors = calibration_anchors(full, round_to, [g.step for g in graph.groups])
             models = [apply_plan(graph.model, graph.plan_from_kept(kept), example_inputs=graph.example_inputs)
                       for kept in anchors]
             # one session, base and calibration models interleaved run by run: drift hits all alike
             base, *measured = (s["median_ms"] for s in measurer.measure_many([graph.model, *models]))
             t_anchor = np.array([probe.table_ms(kept) for kept in anchors])
             m_anchor = np.array(measured)
-            # Two one-parameter maps through the (exact) full-model point, each fitted robustly (median
-            # of the per-model estimates, so one model timed during a burst of load cannot tilt it):
-            # affine, base + scale * (table - table_full), and a power law, base * (table / table_full)
-            # ** exponent. The one with the smaller median error on the calibration models is kept: on
-            # the development CPU the ResNets fit the affine map within 2%, the 32/64-channel default
-            # network the power law (exponent ~0.75; affine: 6% median, 31% worst).
-            ok = np.abs(t_anchor - s_full) > 1e-9
-            if ok.any():
-                scale = float(np.clip(np.median((m_anchor[ok] - base) / (t_anchor[ok] - s_full)), *_SCALE_BOUNDS))
-            affine = base + scale * (t_anchor - s_full)
-            ratio_ok = ok & (t_anchor > 0) & (m_anchor > 0)
-            exponent = float(np.median(np.log(m_anchor[ratio_ok] / base) / np.log(t_anchor[ratio_ok] / s_full))) \
-                if ratio_ok.any() else 1.0
-            power = base * (np.maximum(t_anchor, 1e-12) / s_full) ** exponent
-            err = {name: np.abs(pred / m_anchor - 1.0) for name, pred in (("affine", affine), ("power", power))}
-            form = "power" if np.median(err["power"]) < np.median(err["affine"]) else "affine"
-            chosen = power if form == "power" else affine
+            form, scale, exponent, chosen, fit = fit_calibration(base, m_anchor, t_anchor, s_full)
             calibration = [{"kept": kept, "measured_ms": float(m), "table_ms": float(t), "predicted_ms": float(p)}
                            for kept, m, t, p in zip(anchors, m_anchor, t_anchor, chosen)]
-            fit = {"median": float(np.median(err[form])), "worst": float(np.max(err[form])), "form": form,
-                   "affine_median": float(np.median(err["affine"])), "power_median": float(np.median(err["power"]))}
             if form == "power":
                 data.update(form="power", exponent=exponent)
         data.update(base_ms=base, scale=scale, offset_ms=base - scale * s_full, table_full_ms=s_full,

@@ -29,9 +29,10 @@ import torch.nn as nn
 
 from .cache import cache_dir, cached_tensors, load_weights_only, stable_hash, state_dict_hash
 from .cache import data_root as resolve_data_root
-from .data import DatasetSplits, load_dataset
+from .data import load_dataset
 from .engine import ModelGraph
 from .models import available_models, build_model
+from .splits import DatasetSplits
 from .train import evaluate, train
 
 __all__ = [

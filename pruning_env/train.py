@@ -2,7 +2,7 @@
 
 Plain PyTorch loops, kept small and fast: the environment calls :func:`evaluate` and
 :func:`recalibrate_bn` at the end of every episode and, optionally, :func:`finetune` for a few
-recovery steps. Data can be a :class:`~pruning_env.data.TensorImageDataset` (its fast
+recovery steps. Data can be a :class:`~pruning_env.image_dataset.TensorImageDataset` (its fast
 ``iter_batches`` path, with its own seeded augmentation), any ``torch.utils.data.Dataset``, a pair
 of tensors ``(x, y)``, or any iterable of ``(x, y)`` batches.
 """

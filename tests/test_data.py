@@ -7,15 +7,9 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from pruning_env.data import (
-    CIFAR10_MEAN,
-    CIFAR10_STD,
-    DatasetSplits,
-    TensorImageDataset,
-    available_datasets,
-    from_arrays,
-    load_dataset,
-)
+from pruning_env.data import CIFAR10_MEAN, CIFAR10_STD, available_datasets, load_dataset
+from pruning_env.image_dataset import TensorImageDataset
+from pruning_env.splits import DatasetSplits, from_arrays
 
 
 @pytest.fixture(scope="module")

@@ -8,15 +8,9 @@ import pytest
 import torch
 import torch.nn as nn
 
-from pruning_env.engine import (
-    ModelGraph,
-    PlanMismatchError,
-    PruningPlan,
-    apply_plan,
-    count_macs_params,
-    zero_removed_channels,
-)
+from pruning_env.engine import ModelGraph, apply_plan, count_macs_params, zero_removed_channels
 from pruning_env.models import build_model
+from pruning_env.plan import PlanMismatchError, PruningPlan
 
 
 def _random_plan(graph: ModelGraph, seed: int) -> PruningPlan:

@@ -13,7 +13,7 @@ from gymnasium.utils.env_checker import check_env as gym_check_env
 
 import pruning_env
 from pruning_env.cache import state_dict_hash
-from pruning_env.engine import PruningPlan
+from pruning_env.plan import PruningPlan
 
 
 @pytest.fixture(scope="module")

@@ -19,8 +19,9 @@ from agents.global_pruning import (
     tp_importance,
     uniform_plan,
 )
-from pruning_env.engine import ModelGraph, PruningPlan, apply_plan
+from pruning_env.engine import ModelGraph, apply_plan
 from pruning_env.models import build_model
+from pruning_env.plan import PruningPlan
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

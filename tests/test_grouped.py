@@ -11,8 +11,9 @@ import torch
 import torch.nn as nn
 import torchvision
 
-from pruning_env.engine import ModelGraph, PlanMismatchError, apply_plan, count_macs_params, zero_removed_channels
-from pruning_env.latency import macs_for_kept
+from pruning_env.engine import ModelGraph, apply_plan, count_macs_params, zero_removed_channels
+from pruning_env.macs import macs_for_kept
+from pruning_env.plan import PlanMismatchError
 
 X = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(0))
 

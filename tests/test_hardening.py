@@ -13,9 +13,10 @@ from hypothesis import strategies as st
 
 import pruning_env  # noqa: F401
 from benchmarks.bad_inputs import cases, run_case
-from pruning_env.engine import ModelGraph, PlanMismatchError, PruningPlan
+from pruning_env.engine import ModelGraph
 from pruning_env.importance import make_importance
 from pruning_env.models import build_model
+from pruning_env.plan import PlanMismatchError, PruningPlan
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,9 @@ import torch
 from torch import nn
 
 from pruning_env.engine import ModelGraph, apply_plan, count_macs_params
-from pruning_env.latency import TABLE_FORMAT_VERSION, LatencyMeasurer, LatencyTable, MacsModel, macs_for_kept
+from pruning_env.latency import TABLE_FORMAT_VERSION, LatencyTable
+from pruning_env.macs import MacsModel, macs_for_kept
+from pruning_env.measure import LatencyMeasurer
 
 X = torch.randn(1, 3, 32, 32)
 

@@ -16,7 +16,8 @@ import torch
 
 from benchmarks.latency_table_error import random_plans
 from pruning_env.engine import ModelGraph, apply_plan
-from pruning_env.latency import LatencyMeasurer, LatencyTable
+from pruning_env.latency import LatencyTable
+from pruning_env.measure import LatencyMeasurer
 from pruning_env.models import build_model
 
 

@@ -10,8 +10,9 @@ import torch
 import torch.nn as nn
 
 from pruning_env import profiling
-from pruning_env.data import TensorImageDataset, load_dataset
+from pruning_env.data import load_dataset
 from pruning_env.engine import ModelGraph
+from pruning_env.image_dataset import TensorImageDataset
 from pruning_env.importance import GateStats, train_group_attention
 from pruning_env.models import build_model
 from pruning_env.profiling import FEATURE_NAMES, GroupProfile, profile_groups
