@@ -39,7 +39,7 @@ from torch.utils.data import TensorDataset
 from tqdm.auto import tqdm
 
 from .cache import atomic_torch_save, load_weights_only, stable_hash, state_dict_hash
-from .data import TensorImageDataset
+from .image_dataset import TensorImageDataset
 from .train import build_optimizer, default_device, iter_data, step_budget
 
 __all__ = ["finetune", "kd_loss", "CHECKPOINT_FILE"]
