@@ -37,6 +37,7 @@ from pruning_env.splits import DatasetSplits, carve_test, from_arrays, make_spli
 
 __all__ = [
     "load_dataset",
+    "read_torchvision_cifar",
     "available_datasets",
     "CIFAR10_MEAN",
     "CIFAR10_STD",
@@ -138,6 +139,42 @@ def _offline() -> bool:
     return os.environ.get(OFFLINE_ENV, "").strip().lower() not in ("", "0", "false", "no")
 
 
+_TORCHVISION_FILES = {  # train batches, test batches, meta file, label key, class-name key
+    "cifar10": ([f"data_batch_{i}" for i in range(1, 6)], ["test_batch"], "batches.meta", "labels", "label_names"),
+    "cifar100": (["train"], ["test"], "meta", "fine_labels", "fine_label_names"),
+}
+
+
+def read_torchvision_cifar(name: str, tv_dir: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, list]:
+    """Read torchvision's CIFAR python files (``cifar-10-batches-py/``, ``cifar-100-python/``) as they lie.
+
+    The same pickles torchvision reads (a dict with ``data``: N x 3072 uint8 rows, channel-major, and the
+    labels), without its checksum of the official files, so copies of any size in that format load.
+    Returns ``x_train, y_train, x_test, y_test, classes`` (images N x 3 x 32 x 32 uint8).
+    """
+    import pickle
+
+    train_files, test_files, meta_file, label_key, names_key = _TORCHVISION_FILES[name]
+
+    def read(files: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        xs, ys = [], []
+        for f in files:
+            path = tv_dir / f
+            if not path.exists():
+                raise FileNotFoundError(f"{path} is missing (torchvision's {name} layout: {', '.join(files)})")
+            with path.open("rb") as fh:
+                entry = pickle.load(fh, encoding="latin1")  # the format is pickled; torchvision reads it so too
+            xs.append(np.asarray(entry["data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
+            ys.append(np.asarray(entry[label_key], dtype=np.int64))
+        return np.concatenate(xs), np.concatenate(ys)
+
+    x_train, y_train = read(train_files)
+    x_test, y_test = read(test_files)
+    with (tv_dir / meta_file).open("rb") as fh:
+        classes = list(pickle.load(fh, encoding="latin1")[names_key])
+    return x_train, y_train, x_test, y_test, classes
+
+
 def _load_cifar(name: str, root: Path, download: bool | None, **split) -> DatasetSplits:
     looked: list[str] = []
     shard_dir = root / name
@@ -158,17 +195,16 @@ def _load_cifar(name: str, root: Path, download: bool | None, **split) -> Datase
     reason = "download not allowed" + (f" (${OFFLINE_ENV} is set)" if download is None and _offline() else "")
     if tv_dir.is_dir() or allow:
         try:
-            from torchvision import datasets
+            if not tv_dir.is_dir():  # download (torchvision checks the official files' checksums)
+                from torchvision import datasets
 
-            cls = datasets.CIFAR10 if name == "cifar10" else datasets.CIFAR100
-            train = cls(root=str(root), train=True, download=allow)
-            test = cls(root=str(root), train=False, download=False)
-            source = f"torchvision {cls.__name__} files in {tv_dir}"
-            return make_splits(
-                name, to_nchw(train.data, "train"), np.asarray(train.targets, dtype=np.int64),
-                to_nchw(test.data, "test"), np.asarray(test.targets, dtype=np.int64),
-                list(train.classes), mean, std, True, source, **split,
-            )
+                cls = datasets.CIFAR10 if name == "cifar10" else datasets.CIFAR100
+                cls(root=str(root), train=True, download=True)
+                cls(root=str(root), train=False, download=False)
+            xtr, ytr, xte, yte, classes = read_torchvision_cifar(name, tv_dir)
+            source = f"torchvision's {name} files in {tv_dir}"
+            return make_splits(name, to_nchw(xtr, "train"), ytr, to_nchw(xte, "test"), yte, classes, mean, std,
+                               True, source, **split)
         except Exception as exc:  # missing/corrupt files or a failed download: report below
             reason = f"{'download failed' if allow else 'unreadable'}: {type(exc).__name__}: {exc}"
     places = "\n  ".join(looked)

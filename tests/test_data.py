@@ -242,3 +242,50 @@ def test_image_folder_is_resized(tmp_path):
     assert data.classes == ["cat", "dog"] and data.input_shape == (3, 16, 16)
     assert (len(data.train), len(data.val), len(data.test)) == (16, 4, 6)
     assert data.test.class_counts(2).tolist() == [3, 3]
+
+
+def _write_torchvision_cifar100(root, n_train: int = 400, n_test: int = 100) -> None:
+    """A tiny dataset in torchvision's CIFAR-100 layout: pickled dicts of N x 3072 uint8 rows and fine labels."""
+    import pickle
+
+    rng = np.random.default_rng(0)
+    folder = root / "cifar-100-python"
+    folder.mkdir(parents=True)
+    for split, n in (("train", n_train), ("test", n_test)):
+        labels = np.arange(n) % 100
+        images = (rng.random((n, 3, 32, 32)) * 60 + labels[:, None, None, None] * 1.9).astype(np.uint8)
+        entry = {"data": images.reshape(n, 3072), "fine_labels": labels.tolist(),
+                 "coarse_labels": (labels // 5).tolist(), "filenames": [f"{split}_{i}.png" for i in range(n)]}
+        (folder / split).write_bytes(pickle.dumps(entry))
+    (folder / "meta").write_bytes(pickle.dumps({"fine_label_names": [f"class_{i}" for i in range(100)],
+                                                "coarse_label_names": [f"super_{i}" for i in range(20)]}))
+
+
+def test_cifar100_in_torchvision_format_runs_an_episode_and_a_finetune_step(tmp_path, monkeypatch, one_thread):
+    """The CIFAR-100 path without the images: torchvision's on-disk format, the 100-class head, an episode
+    of the environment and a fine-tune step of the pruned network."""
+    import gymnasium as gym
+
+    import pruning_env  # noqa: F401
+    from pruning_env.models import build_model
+    from pruning_env.train import finetune
+
+    monkeypatch.setenv("PRUNING_ENV_OFFLINE", "1")
+    _write_torchvision_cifar100(tmp_path)
+    data = load_dataset("cifar100", data_root=tmp_path)
+    assert data.num_classes == 100 and data.classes[7] == "class_7" and data.input_shape == (3, 32, 32)
+    assert len(data.train) + len(data.val) == 400 and len(data.test) == 100
+    assert data.test.class_counts(100).tolist() == [1] * 100  # every fine label read, one test image each
+    weights = tmp_path / "resnet20_cifar100.pth"
+    torch.save(build_model("resnet20", num_classes=100).state_dict(), weights)
+    env = gym.make("DataAwarePruneMACs-v0", model="resnet20", dataset="cifar100", data_root=str(tmp_path),
+                   checkpoint=str(weights), importance="l1", val_samples=50, bn_batches=1)
+    env.reset(seed=0)
+    done = False
+    while not done:
+        _, reward, done, _, info = env.step(np.array([0.5], dtype=np.float32))
+    assert info["macs_ratio"] > 1.5 and np.isfinite(reward)
+    pruned = env.unwrapped.last_model
+    assert pruned.fc.out_features == 100
+    out = finetune(pruned, data.train, max_steps=1, progress=False, device="cpu")
+    assert out["steps"] == 1 and np.isfinite(out["history"]["loss"][0])
