@@ -7,8 +7,8 @@ watch the channels of a pruning group where they are consumed. This module owns 
 * :func:`training_split`, :func:`calibration_batches`, :func:`dataset_key`: which samples, and the
   cache key of the data they came from;
 * :func:`frozen`: no parameter gradients, BN buffers untouched, everything restored on exit;
-* :func:`consumers`: the layers that read a group's channels (forward pre-hooks go there: removing
-  a channel removes exactly those inputs).
+* the layers that read a group's channels are :meth:`pruning_env.engine.ModelGraph.consumers`
+  (forward pre-hooks go there: removing a channel removes exactly those inputs).
 """
 
 from __future__ import annotations
@@ -16,13 +16,12 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.nn as nn
 
-__all__ = ["training_split", "dataset_key", "calibration_batches", "frozen", "Consumer", "consumers"]
+__all__ = ["training_split", "dataset_key", "calibration_batches", "frozen"]
 
 
 def training_split(data: Any) -> Any:
@@ -81,40 +80,3 @@ def frozen(model: nn.Module, batch_norm: str = "frozen"):
                 for t, v in zip(m.buffers(), saved):
                     t.copy_(v)
         model.train(was_training)
-
-
-@dataclass(frozen=True)
-class Consumer:
-    """A layer reading a group's channels: its input channels ``idxs`` carry group channels ``root_idxs``."""
-
-    name: str
-    linear: bool
-    idxs: torch.Tensor
-    root_idxs: torch.Tensor
-    identity: bool  # idxs == root_idxs == arange(channels): the whole input is the group, as is
-
-
-def consumers(graph: Any, index: int) -> list[Consumer]:
-    """The conv and linear layers reading group ``index`` of ``graph`` (a ``ModelGraph``), each once.
-
-    From Torch-Pruning's dependency group: every input-channel dependency on a conv or linear
-    layer whose channels map back to the group's (a residual group has one per block of the stage).
-    """
-    g = graph.group(index)
-    out, seen = [], set()
-    tg = graph.tp_group(index)
-    for i, (dep, idxs) in enumerate(tg):
-        mod = dep.target.module
-        if graph.dg.is_out_channel_pruning_fn(dep.handler) or not isinstance(mod, (nn.Conv2d, nn.Linear)):
-            continue
-        root_idxs = tg[i].root_idxs
-        name = dep.target._name
-        if name is None or name in seen or any(r is None for r in root_idxs):
-            continue
-        seen.add(name)
-        idx = torch.as_tensor([int(j) for j in idxs], dtype=torch.long)
-        ridx = torch.as_tensor([int(j) for j in root_idxs], dtype=torch.long)
-        width = mod.in_features if isinstance(mod, nn.Linear) else mod.in_channels
-        ident = width == g.channels and bool((idx == torch.arange(g.channels)).all()) and bool((ridx == idx).all())
-        out.append(Consumer(name, isinstance(mod, nn.Linear), idx, ridx, ident))
-    return out

@@ -38,6 +38,7 @@ from .plan import PlanMismatchError, PruningPlan
 from .tracing import LeafCall, trace_leaf_calls
 
 __all__ = [
+    "Consumer",
     "PruningGroup",
     "LayerInfo",
     "ModelGraph",
@@ -67,6 +68,17 @@ class LayerInfo:
     macs: int  # per sample, at full width
     in_groups: tuple[int, ...] = ()
     out_groups: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True)
+class Consumer:
+    """A layer reading a group's channels: its input channels ``idxs`` carry group channels ``root_idxs``."""
+
+    name: str
+    linear: bool
+    idxs: torch.Tensor
+    root_idxs: torch.Tensor
+    identity: bool  # idxs == root_idxs == arange(channels): the whole input is the group, as is
 
 
 @dataclass(frozen=True)
@@ -300,6 +312,32 @@ class ModelGraph:
 
     def group(self, key: int | str) -> PruningGroup:
         return self.groups[key] if isinstance(key, int) else self._by_name[key]
+
+    def consumers(self, key: int | str) -> list[Consumer]:
+        """The conv and linear layers reading group ``key``'s channels, each once.
+
+        From Torch-Pruning's dependency group: every input-channel dependency on a conv or linear
+        layer whose channels map back to the group's (a residual group has one per block of the stage).
+        Calibration passes hook here: removing a channel removes exactly these inputs.
+        """
+        g = self.group(key)
+        out, seen = [], set()
+        tg = self.tp_group(g.index)
+        for i, (dep, idxs) in enumerate(tg):
+            mod = dep.target.module
+            if self.dg.is_out_channel_pruning_fn(dep.handler) or not isinstance(mod, (nn.Conv2d, nn.Linear)):
+                continue
+            root_idxs = tg[i].root_idxs
+            name = dep.target._name
+            if name is None or name in seen or any(r is None for r in root_idxs):
+                continue
+            seen.add(name)
+            idx = torch.as_tensor([int(j) for j in idxs], dtype=torch.long)
+            ridx = torch.as_tensor([int(j) for j in root_idxs], dtype=torch.long)
+            width = mod.in_features if isinstance(mod, nn.Linear) else mod.in_channels
+            ident = width == g.channels and bool((idx == torch.arange(g.channels)).all()) and bool((ridx == idx).all())
+            out.append(Consumer(name, isinstance(mod, nn.Linear), idx, ridx, ident))
+        return out
 
     def tp_group(self, key: int | str, idxs: Sequence[int] | None = None) -> tp.Group:
         """The Torch-Pruning group (on ``self.model``) with ``idxs`` or all channels.

@@ -49,7 +49,7 @@ import torch
 import torch.nn as nn
 
 from pruning_env.cache import atomic_write_json, cache_dir, cached_json, stable_hash, state_dict_hash
-from pruning_env.calibration import calibration_batches, consumers, dataset_key, frozen, training_split
+from pruning_env.calibration import calibration_batches, dataset_key, frozen, training_split
 from pruning_env.importance.gates import GateStats
 
 __all__ = ["GroupProfile", "profile_groups", "FEATURE_NAMES"]
@@ -213,7 +213,7 @@ def _activation_features(model: nn.Module, graph: Any, data: Any, num_samples: i
 
     handles = [model.register_forward_pre_hook(reset)]
     for g in graph.groups:
-        for c in consumers(graph, g.index):
+        for c in graph.consumers(g.index):
             handles.append(model.get_submodule(c.name).register_forward_pre_hook(hook(g.index, c)))
     labels = []
     try:

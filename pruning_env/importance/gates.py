@@ -7,7 +7,7 @@ description; the full text was not available).
 For every pruning group a light squeeze-and-excitation gate scores the group's channels:
 
 * **where**: the gate multiplies the group's channels at the *input of every layer that consumes
-  them* (forward pre-hooks at :func:`~pruning_env.calibration.consumers`). Removing a channel
+  them* (forward pre-hooks at :meth:`~pruning_env.engine.ModelGraph.consumers`). Removing a channel
   removes exactly those inputs, so a gate of 0 computes what the pruned network computes, and a
   residual group (the channels of a whole stage) is gated consistently at every block that reads
   the stream: the channel is scored as a whole.
@@ -43,7 +43,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from pruning_env.cache import stable_hash
-from pruning_env.calibration import Consumer, calibration_batches, consumers, frozen, training_split
+from pruning_env.calibration import calibration_batches, frozen, training_split
+from pruning_env.engine import Consumer
 from pruning_env.importance.classic import MeanActivationImportance
 
 __all__ = ["ATTENTION_VERSION", "GateStats", "GroupAttention", "train_group_attention"]
@@ -97,7 +98,7 @@ class GroupAttention(nn.Module):
             _ChannelGroupGate(c, channel_groups, max(2, c // (channel_groups * reduction)), init_gate)
             for c in self.channels
         )
-        self.consumers = [consumers(graph, g.index) for g in graph.groups]
+        self.consumers = [graph.consumers(g.index) for g in graph.groups]
         for g, cons in zip(graph.groups, self.consumers):
             if not cons:
                 log.warning("group %s has no consuming layer; its gates only see the sparsity pressure", g.name)
