@@ -77,7 +77,8 @@ def summarise(df: pd.DataFrame, reference: str) -> list[str]:
         stats = {}
         for features, e in d.groupby("features", sort=False):
             stats[features] = e
-            lines.append(f"| {agent} | {features} | {len(e)} | {e['best_reward'].mean():.4f} ± {_se(e['best_reward']):.4f} "
+            lines.append(f"| {agent} | {features} | {len(e)} | {e['best_reward'].mean():.4f} ± "
+                         f"{_se(e['best_reward']):.4f} "
                          f"| {100 * e['best_val_accuracy'].mean():.2f}% ± {100 * _se(e['best_val_accuracy']):.2f} "
                          f"| {e['mean_reward_last_20'].mean():.4f} ± {_se(e['mean_reward_last_20']):.4f} |")
         ref = stats.get(reference)
