@@ -66,7 +66,7 @@ class CompressOptions:
     """search episodes (agents only)"""
     seed: int = 0
     """seed of the search and the fine-tune"""
-    epochs: float = 1.0
+    epochs: int = 1
     """fine-tune epochs (0: measure the plan after BatchNorm recalibration only)"""
     max_steps: int | None = None
     """stop the fine-tune after this many SGD steps"""

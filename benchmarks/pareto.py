@@ -45,7 +45,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--methods", nargs="+", default=["ppo", "uniform", "global-magnitude", "global-lamp"])
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--episodes", type=int, default=100, help="search episodes of the agents")
-    p.add_argument("--epochs", type=float, default=1.0, help="fine-tune epochs of every job")
+    p.add_argument("--epochs", type=int, default=1, help="fine-tune epochs of every job")
     p.add_argument("--max-steps", type=int, default=None, help="cap on fine-tune steps of every job")
     p.add_argument("--lr", type=float, default=0.01)
     p.add_argument("--kd-weight", type=float, default=0.0)
