@@ -94,7 +94,8 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
             f"{len(df)} plans; fine-tune {a.steps} steps, lr {a.lr}, seed {a.seed}; accuracies on the same "
             f"{len(env.unwrapped.backend.val_data)} validation images.\n\n"
             f"| | proxy (after BN recalibration) | after fine-tune |\n|---|---|---|\n"
-            f"| mean accuracy | {100 * df['proxy_accuracy'].mean():.2f}% | {100 * df['finetuned_accuracy'].mean():.2f}% |\n"
+            f"| mean accuracy | {100 * df['proxy_accuracy'].mean():.2f}% | "
+            f"{100 * df['finetuned_accuracy'].mean():.2f}% |\n"
             f"| spread (max - min) | {100 * np.ptp(df['proxy_accuracy']):.2f} | "
             f"{100 * np.ptp(df['finetuned_accuracy']):.2f} |\n\n"
             f"Rank correlation: Spearman {spearman:.3f}, Kendall {kendall:.3f}.\n")
