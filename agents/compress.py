@@ -65,6 +65,8 @@ class CompressOptions:
     """agent (ppo, sac, ddpg, amc, random, cem, ...) or baseline (uniform, global-magnitude, global-lamp)"""
     episodes: int = 100
     """search episodes (agents only)"""
+    plan: str | None = None
+    """a plan JSON to use instead of searching or matching (e.g. one baseline match shared by fine-tune seeds)"""
     seed: int = 0
     """seed of the search and the fine-tune"""
     epochs: int = 1
@@ -146,7 +148,7 @@ def _search_plan(opts: CompressOptions, job: Path, backend: Any) -> tuple[Any, d
 
 
 def _baseline_plan(opts: CompressOptions, backend: Any) -> tuple[Any, dict[str, Any]]:
-    from .global_pruning import match_target, measured_price, plan_family, table_price
+    from .global_pruning import match_target, plan_family, table_price
 
     graph, table = backend.graph, backend.table
     # Global pruning progressively (5 steps, at most 90% of a group), as Torch-Pruning's own benchmarks
@@ -156,12 +158,15 @@ def _baseline_plan(opts: CompressOptions, backend: Any) -> tuple[Any, dict[str, 
     make = plan_family(graph, opts.method, round_to=backend.config.round_to, **kw)
     # Bracket on the latency table, then match the measured latency near its answer.
     _, r0 = match_target(table_price(graph, table), make, float(table.base_ms) / opts.speedup, grid=12, iters=6)
-    base_ms = backend.measurer.measure(graph.model)
+
+    def measured_fraction(plan: Any) -> float:  # pruned / base, timed alternately: load hits both alike
+        base_stats, pruned_stats = backend.measurer.measure_many([graph.model, backend.prune(plan).eval()])
+        return pruned_stats["median_ms"] / base_stats["median_ms"]
+
     lo, hi = max(0.0, r0 - 0.08), min(0.95, r0 + 0.08)
-    plan, ratio = match_target(measured_price(graph, backend.measurer), make, base_ms / opts.speedup,
-                               lo=lo, hi=hi, grid=2, iters=5)
+    plan, ratio = match_target(measured_fraction, make, 1.0 / opts.speedup, lo=lo, hi=hi, grid=2, iters=5)
     return plan, {"method": opts.method, "ratio": ratio, "table_ratio": r0, "matched_on": "measured latency",
-                  "base_ms_at_match": base_ms, **kw}
+                  "measured_fraction": measured_fraction(plan), **kw}
 
 
 # -- the job -------------------------------------------------------------------------------------------
@@ -198,6 +203,12 @@ def compress(opts: CompressOptions) -> dict[str, Any]:
     if plan_path.exists():
         plan, how = PruningPlan.load(plan_path), json.loads((job / "plan_source.json").read_text())
         _log(opts, f"plan: from {plan_path} (finished earlier)")
+    elif opts.plan is not None:
+        plan, how = PruningPlan.load(opts.plan), {"method": opts.method, "plan_file": str(opts.plan)}
+        backend.graph.check_plan(plan)  # made for this network, or a clear error
+        _log(opts, f"plan: given ({opts.plan})")
+        _write(job / "plan_source.json", how)
+        plan.save(plan_path)
     else:
         _log(opts, f"plan: {'search with ' + opts.method if opts.method not in BASELINES else opts.method}")
         plan, how = (_baseline_plan(opts, backend) if opts.method in BASELINES else _search_plan(opts, job, backend))
