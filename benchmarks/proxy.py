@@ -93,7 +93,7 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     text = (f"# Proxy against fine-tuned accuracy: {a.model} / {a.dataset}, target {a.target}\n\n"
             f"{len(df)} plans; fine-tune {a.steps} steps, lr {a.lr}, seed {a.seed}; accuracies on the same "
             f"{len(env.unwrapped.backend.val_data)} validation images.\n\n"
-            f"| | proxy (after BN recalibration) | after fine-tune |\n|---|---|---|\n"
+            f"| | proxy (the search's accuracy: BN recalibration + finetune_steps) | after fine-tune |\n|---|---|---|\n"
             f"| mean accuracy | {100 * df['proxy_accuracy'].mean():.2f}% | "
             f"{100 * df['finetuned_accuracy'].mean():.2f}% |\n"
             f"| spread (max - min) | {100 * np.ptp(df['proxy_accuracy']):.2f} | "
