@@ -147,6 +147,7 @@ def test_amc_stores_the_baselined_return_on_every_step(env):
     stored = buf.rewards[: buf.pos, 0].reshape(3, n)
     b, expected = None, []
     for r in returns:  # AMC: b starts at the first return, then b <- b + 0.5 (R - b)
+        r = float(np.float32(r))  # rewards pass through SB3 as float32 before the baseline sees them
         b = r if b is None else b
         expected.append(r - b)
         b += 0.5 * (r - b)
