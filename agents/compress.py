@@ -166,7 +166,7 @@ def _baseline_plan(opts: CompressOptions, backend: Any) -> tuple[Any, dict[str, 
     lo, hi = max(0.0, r0 - 0.08), min(0.95, r0 + 0.08)
     plan, ratio = match_target(measured_fraction, make, 1.0 / opts.speedup, lo=lo, hi=hi, grid=2, iters=5)
     return plan, {"method": opts.method, "ratio": ratio, "table_ratio": r0, "matched_on": "measured latency",
-                  "measured_fraction": measured_fraction(plan), **kw}
+                  "measured_fraction": plan.meta["match"]["price"], **kw}  # as matched, not timed again
 
 
 # -- the job -------------------------------------------------------------------------------------------
