@@ -97,6 +97,9 @@ def transfer_table(df: pd.DataFrame) -> str:
             cells.append("-" if v.empty else f"{v.mean():.4f} ± {v.std() if len(v) > 1 else 0.0:.4f}")
         eps = f"{int(g['source_episodes'].max())} / {int(g['transfer_episodes'].max())}"
         lines.append(f"| {scenario} | {agent} | {len(g)} | {eps} | " + " | ".join(cells) + " |")
+    own, uniform = (pd.to_numeric(rows[c], errors="coerce") for c in ("own_reward", "uniform_reward"))
+    if (own <= uniform).any():
+        lines.append("\nA share is `-` where B's own search did not beat uniform: there is no gain to share.")
     notes = sorted({str(n) for n in rows.get("plan_transfer_note", pd.Series(dtype=object)).dropna() if n})
     if notes:
         lines.append(f"\nPlan transfer skipped where: {'; '.join(notes)}.")
