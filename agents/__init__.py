@@ -29,7 +29,7 @@ from typing import Any
 
 _EXPORTS = {
     "Agent": "protocol", "EpisodicAgent": "protocol", "EpisodeCallback": "protocol", "register_agent": "protocol",
-    "available_agents": "protocol", "get_agent_class": "protocol",
+    "available_agents": "protocol", "get_agent_class": "protocol", "has_observation_policy": "protocol",
     "make_agent": "factory", "load_agent": "factory", "SB3Agent": "sb3", "load_hyperparams": "factory",
     "resolve_hyperparams": "factory",
     "AMCDDPG": "amc", "AMCAgent": "amc",
@@ -37,6 +37,7 @@ _EXPORTS = {
     "CEMAgent": "cem",
     "TrainOptions": "train", "run_search": "train",
     "FinetuneOptions": "finetune", "finetune_run": "finetune",
+    "TransferOptions": "transfer", "run_transfer": "transfer",
 }
 
 __all__ = sorted(_EXPORTS)

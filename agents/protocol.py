@@ -41,6 +41,7 @@ __all__ = [
     "available_agents",
     "episode_length",
     "step_index",
+    "has_observation_policy",
 ]
 
 EpisodeCallback = Callable[[dict[str, Any]], "bool | None"]
@@ -58,6 +59,10 @@ class Agent(Protocol):
       ``path`` and returns the file actually written.
     * ``load(path, env=None, **kwargs) -> Agent`` (classmethod): the agent saved at ``path``, attached
       to ``env`` to continue learning.
+
+    An agent class may set ``observation_policy = True`` when its actions are a learned function of the
+    observation (the SB3 algorithms, the AMC preset): only such a policy can be run on another scenario
+    (:mod:`agents.transfer`). Agents without it (random, uniform, heuristic, CEM) have nothing to transfer.
     """
 
     def learn(self, total_episodes: int, callback: EpisodeCallback | None = None) -> Agent: ...
@@ -120,6 +125,11 @@ def get_agent_class(name: str) -> type:
     return _REGISTRY[key]
 
 
+def has_observation_policy(name: str) -> bool:
+    """Whether agent ``name`` learns a policy from observations to actions (one that can be transferred)."""
+    return bool(getattr(get_agent_class(name), "observation_policy", False))
+
+
 def episode_length(env: gym.Env) -> int:
     """Steps per episode: ``n_groups`` for a pruning environment, else the spec's step limit."""
     base = env.unwrapped if hasattr(env, "unwrapped") else env
@@ -161,6 +171,7 @@ class EpisodicAgent:
     """
 
     agent_name = "episodic"
+    observation_policy = False  # actions come from the episode's decision, not a learned function of obs
 
     def __init__(self, env: gym.Env, seed: int = 0) -> None:
         self.env = env

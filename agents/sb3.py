@@ -112,6 +112,7 @@ class SB3Agent:
 
     algo_class: type[BaseAlgorithm] = PPO
     agent_name = "sb3"
+    observation_policy = True  # the actor maps observations to actions: it can run on another scenario
 
     def __init__(self, env: gym.Env, seed: int = 0, tensorboard_log: str | None = None, verbose: int = 0,
                  policy: str = "MlpPolicy", **hyperparams: Any) -> None:

@@ -24,6 +24,7 @@ import pandas as pd  # noqa: E402
 
 from .measured import MISS_TOLERANCE, run_facts, with_measured  # noqa: E402
 from .profiles import REFERENCE_ROWS, Profile  # noqa: E402
+from .transfer import transfer_table  # noqa: E402
 
 __all__ = ["leaderboard", "write_report", "backfill_run_facts"]
 
@@ -279,7 +280,7 @@ def write_report(df: pd.DataFrame, out: Path, profile: Profile | None = None) ->
              "recomputed with that latency. Accuracy on the validation split during search; test accuracy "
              "afterwards. Speedup predicted: the environment's cost model during the search; error %: predicted / "
              "measured - 1. Mean ± std over seeds.\n\n")
-    (out / "leaderboard.md").write_text(head + leaderboard(df))
+    (out / "leaderboard.md").write_text(head + leaderboard(df) + transfer_table(df))
     if not df.empty and "best_reward" in df:
         _learning_curves(out, df)
         _accuracy_vs_speedup(out, df)

@@ -46,6 +46,7 @@ class RunSpec:
     finetune_epochs: int
     out: str
     threads: int
+    transfer_episodes: int = 3
 
     @property
     def name(self) -> str:
@@ -56,35 +57,40 @@ class RunSpec:
         return Path(self.out) / "done" / f"{self.name}.json"
 
 
-def plan_runs(profile: Profile, out: Path, seeds: int, episodes: int, threads: int) -> list[RunSpec]:
-    return [RunSpec(sc, agent, seed, episodes, profile.finetune_epochs, str(out), threads)
-            for sc in profile.scenarios for agent in profile.agents for seed in range(seeds)]
+def _transferable(scenario: BenchScenario, agent: str) -> bool:
+    """A transfer scenario runs only agents with a learned observation policy (not random, uniform, ...)."""
+    from agents.protocol import has_observation_policy
+
+    return scenario.transfer_from is None or has_observation_policy(agent)
 
 
-def _transfer(spec: RunSpec, row: dict[str, Any]) -> dict[str, Any]:
-    """Apply the source scenario's learned policy, deterministically, to this scenario's environment."""
-    import gymnasium as gym
-    import numpy as np
+def plan_runs(profile: Profile, out: Path, seeds: int, episodes: int, threads: int,
+              transfer_episodes: int | None = None) -> list[RunSpec]:
+    """Every (scenario, agent, seed) of ``profile``; transfer scenarios only with agents that have a policy."""
+    n = profile.transfer_episodes if transfer_episodes is None else transfer_episodes
+    return [RunSpec(sc, agent, seed, episodes, profile.finetune_epochs, str(out), threads, n)
+            for sc in profile.scenarios for agent in profile.agents for seed in range(seeds)
+            if _transferable(sc, agent)]
 
-    from agents import load_agent
 
-    src = Path(spec.out) / "runs" / f"{spec.scenario.transfer_from}__{spec.agent}__{spec.seed}".replace(">", "")
-    state = json.loads((src / "state.json").read_text())
-    env = gym.make(spec.scenario.env_id, **spec.scenario.env_kwargs)
-    agent = load_agent(spec.agent, src / state["agent_file"], env=env)
-    obs, _ = env.reset(seed=spec.seed)
-    done, reward, info = False, 0.0, {}
-    while not done:
-        action = np.asarray(agent.predict(obs, deterministic=True), dtype=np.float32).reshape(1)
-        obs, reward, term, trunc, info = env.step(action)
-        done = term or trunc
-    run = Path(spec.out) / "runs" / spec.name
-    run.mkdir(parents=True, exist_ok=True)
-    info["plan"].save(run / "best_plan.json")
-    row.update(best_reward=float(reward), val_accuracy=float(info["accuracy"]), base_val_accuracy=info["base_accuracy"],
-               speedup_table=float(info["speedup"]), macs_ratio=float(info["macs_ratio"]), episodes=0,
-               behaviour=json.dumps(env.unwrapped.backend.behaviour(), sort_keys=True))
-    return row
+def _run_name(scenario: str, agent: str, seed: int) -> str:
+    return f"{scenario}__{agent}__{seed}".replace(">", "")
+
+
+def _transfer(spec: RunSpec) -> dict[str, Any]:
+    """Run the source scenario's policy (same agent, same seed) on this scenario; the transfer columns."""
+    from agents.transfer import TransferOptions, run_transfer
+
+    from .transfer import transfer_columns
+
+    sc = spec.scenario
+    result = run_transfer(TransferOptions(
+        source=str(Path(spec.out) / "runs" / _run_name(sc.transfer_from, spec.agent, spec.seed)),
+        env=sc.env_id, env_kwargs=sc.env_kwargs, episodes=spec.transfer_episodes, seed=spec.seed,
+        run_dir=str(Path(spec.out) / "runs"), name=spec.name, torch_threads=spec.threads))
+    own = (Path(spec.out) / "runs" / _run_name(sc.compare_with, spec.agent, spec.seed) / "episodes.csv"
+           if sc.compare_with else None)
+    return {"best_reward": float(result["best_reward"]), **transfer_columns(result, sc.transfer_from, own)}
 
 
 def run_one(spec: RunSpec) -> dict[str, Any]:
@@ -99,24 +105,24 @@ def run_one(spec: RunSpec) -> dict[str, Any]:
     row: dict[str, Any] = {"scenario": spec.scenario.name, "agent": spec.agent, "seed": spec.seed,
                            "episodes": spec.episodes}
     run_dir = Path(spec.out) / "runs" / spec.name
-    if spec.scenario.transfer_from:
-        row = _transfer(spec, row)
+    if spec.scenario.transfer_from:  # the source's policy plays here, learning nothing (agents.transfer)
+        row.update(_transfer(spec), episodes=spec.transfer_episodes)
     else:
         opts = TrainOptions(algo=spec.agent, env=spec.scenario.env_id, episodes=spec.episodes, seed=spec.seed,
                             env_kwargs=spec.scenario.env_kwargs, run_dir=str(Path(spec.out) / "runs"),
                             name=spec.name, progress=False, tensorboard=False, torch_threads=spec.threads,
                             checkpoint_every=10)
-        summary = run_search(opts)
-        episodes = pd.read_csv(run_dir / "episodes.csv")
-        best = episodes.loc[episodes["reward"].idxmax()]
-        config = json.loads((run_dir / "config.json").read_text())
-        state = json.loads((run_dir / "state.json").read_text())
-        row.update(best_reward=float(summary["best_reward"]), best_episode=int(best["episode"]),
-                   val_accuracy=float(best["accuracy"]), speedup_table=float(best["speedup"]),
-                   search_seconds=float(state.get("wall_time", 0.0)),
-                   base_val_accuracy=config.get("env", {}).get("base_accuracy"),
-                   versions=json.dumps(config.get("versions", {})), hardware=json.dumps(config.get("hardware", {})),
-                   behaviour=json.dumps(_recorded_behaviour(config.get("env", {})), sort_keys=True))
+        row.update(best_reward=float(run_search(opts)["best_reward"]))
+    # a transfer's run folder is written like a search's: the same columns come from the same files
+    episodes = pd.read_csv(run_dir / "episodes.csv")
+    best = episodes.loc[episodes["reward"].idxmax()]
+    config = json.loads((run_dir / "config.json").read_text())
+    state = json.loads((run_dir / "state.json").read_text())
+    row.update(best_episode=int(best["episode"]), val_accuracy=float(best["accuracy"]),
+               speedup_table=float(best["speedup"]), search_seconds=float(state.get("wall_time", 0.0)),
+               base_val_accuracy=config.get("env", {}).get("base_accuracy"),
+               versions=json.dumps(config.get("versions", {})), hardware=json.dumps(config.get("hardware", {})),
+               behaviour=json.dumps(_recorded_behaviour(config.get("env", {})), sort_keys=True))
     final = finetune_run(FinetuneOptions(run=str(run_dir), epochs=spec.finetune_epochs, progress=False,
                                          onnx=False, seed=spec.seed))
     row.update(test_accuracy=final["pruned"]["test_accuracy"], base_test_accuracy=final["base"]["test_accuracy"],
@@ -247,8 +253,12 @@ def _default_latency(spec: RunSpec) -> str:
 
 def run_benchmark(profile: str | Profile, out: str | Path | None = None, seeds: int | None = None,
                   episodes: int | None = None, workers: int = 1, backend: str = "process",
-                  agents: list[str] | None = None, scenarios: list[str] | None = None) -> pd.DataFrame:
-    """Run every missing run of ``profile`` and write results, leaderboard and plots; returns the results."""
+                  agents: list[str] | None = None, scenarios: list[str] | None = None,
+                  transfer_episodes: int | None = None) -> pd.DataFrame:
+    """Run every missing run of ``profile`` and write results, leaderboard and plots; returns the results.
+
+    ``transfer_episodes``: deterministic episodes a transferred policy plays (default: the profile's).
+    """
     from .report import write_report
 
     prof = get_profile(profile) if isinstance(profile, str) else profile
@@ -259,13 +269,21 @@ def run_benchmark(profile: str | Profile, out: str | Path | None = None, seeds: 
         unknown = sorted(set(scenarios) - set(known))
         if unknown:
             raise ValueError(f"unknown scenarios {unknown} in profile {prof.name!r}; valid: {', '.join(known)}")
-        prof = replace(prof, scenarios=[s for s in prof.scenarios if s.name in scenarios])
+        wanted = set(scenarios)  # a transfer needs its source's search and its target's own search
+        wanted |= {n for s in prof.scenarios if s.name in scenarios for n in (s.transfer_from, s.compare_with) if n}
+        if wanted - set(scenarios):
+            print(f"also running {', '.join(sorted(wanted - set(scenarios)))}: the transfers' sources and targets")
+        prof = replace(prof, scenarios=[s for s in prof.scenarios if s.name in wanted])
     out = Path(out or Path("results") / prof.name)
     out.mkdir(parents=True, exist_ok=True)
     # the cores this process may run on (taskset, cgroups), not all the machine's
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     threads = max(1, cores // max(1, workers))
-    specs = plan_runs(prof, out, seeds or prof.seeds, episodes or prof.episodes, threads)
+    specs = plan_runs(prof, out, seeds or prof.seeds, episodes or prof.episodes, threads, transfer_episodes)
+    no_policy = sorted({a for sc in prof.scenarios for a in prof.agents if not _transferable(sc, a)})
+    if no_policy:
+        print(f"no transfer runs for {', '.join(no_policy)}: these agents learn no policy from observations, so "
+              "there is nothing to transfer (their runs on each target scenario are the comparison)")
     stale = _set_aside_stale(specs, out)
     if stale:
         print(f"{len(stale)} run(s) were measured with another channel scoring than this version's; moved to "
@@ -297,11 +315,14 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     p.add_argument("--episodes", type=int, default=None, help="episodes per search (default: the profile's)")
     p.add_argument("--agents", nargs="+", default=None, help="restrict to these agents")
     p.add_argument("--scenarios", nargs="+", default=None, help="restrict to these scenarios of the profile")
+    p.add_argument("--transfer-episodes", type=int, default=None,
+                   help="deterministic episodes a transferred policy plays on its target (default: the profile's)")
     p.add_argument("--workers", type=int, default=1, help="runs in parallel (processes, or Ray tasks)")
     p.add_argument("--backend", choices=["process", "ray"], default="process")
     p.add_argument("--out", default=None, help="benchmark folder (default results/<profile>)")
     a = p.parse_args(argv)
-    df = run_benchmark(a.profile, a.out, a.seeds, a.episodes, a.workers, a.backend, a.agents, a.scenarios)
+    df = run_benchmark(a.profile, a.out, a.seeds, a.episodes, a.workers, a.backend, a.agents, a.scenarios,
+                       a.transfer_episodes)
     board = Path(a.out or Path("results") / a.profile) / "leaderboard.md"
     if board.exists():
         print(board.read_text())

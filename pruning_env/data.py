@@ -13,6 +13,10 @@ name              source
 ``folder:<path>`` ``<path>/train/<class>/*.png|jpg`` (and ``<path>/test/<class>/...``), resized
 ================  ==========================================================================
 
+Any of them followed by ``:classes=<list>`` is a class subset (:mod:`pruning_env.subsets`):
+``cifar10:classes=2,3,4,5,6,7`` (indices) or ``cifar10:classes=cat,dog`` (names) keeps those classes
+in every split, relabelled ``0..k-1`` in the order given.
+
 It returns a :class:`~pruning_env.splits.DatasetSplits`: deterministic train/val/test splits
 (:mod:`pruning_env.splits`, which also takes arrays already in memory through
 :func:`~pruning_env.splits.from_arrays`), each a :class:`~pruning_env.image_dataset.TensorImageDataset`
@@ -34,6 +38,7 @@ import torch.nn.functional as F
 
 from pruning_env.cache import data_root as resolve_data_root
 from pruning_env.splits import DatasetSplits, carve_test, from_arrays, make_splits, to_labels, to_nchw
+from pruning_env.subsets import select_classes, split_subset_spec
 
 __all__ = [
     "load_dataset",
@@ -59,7 +64,7 @@ _TORCHVISION_CIFAR = {"cifar10": "cifar-10-batches-py", "cifar100": "cifar-100-p
 
 def available_datasets() -> list[str]:
     """Names :func:`load_dataset` accepts (``<path>`` stands for a path of your own)."""
-    return ["digits", "cifar10", "cifar100", "npz:<path>", "folder:<path>"]
+    return ["digits", "cifar10", "cifar100", "npz:<path>", "folder:<path>", "<any of these>:classes=<list>"]
 
 
 def load_dataset(
@@ -74,21 +79,30 @@ def load_dataset(
     """Load dataset ``name`` (see the module docstring) and split it into train/val/test.
 
     Args:
-        name: ``digits``, ``cifar10``, ``cifar100``, ``npz:<path>`` or ``folder:<path>``.
+        name: ``digits``, ``cifar10``, ``cifar100``, ``npz:<path>`` or ``folder:<path>``, optionally
+            followed by ``:classes=<indices or names>`` for a class subset (``cifar10:classes=3,5``).
         data_root: where CIFAR lives (see module docstring); unused by the other names.
         val_size: validation samples taken from the training set: a count (int) or a fraction.
         split_seed: seed of the stratified train/val split.
         download: allow torchvision to download CIFAR; ``None`` = unless ``$PRUNING_ENV_OFFLINE``.
-        max_train: keep at most this many (class-balanced) training samples after the split.
+        max_train: keep at most this many (class-balanced) training samples after the split (of a class
+            subset: of the subset's).
         image_size: side length images of ``folder:`` datasets are resized to.
 
     Raises:
-        ValueError: unknown name.
+        ValueError: unknown name, or a ``classes=`` list that names no valid subset (the message says why).
         FileNotFoundError: the data is not on disk and could not be downloaded; the message
             lists every place looked at and how to provide the data.
     """
-    split = dict(val_size=val_size, split_seed=split_seed, max_train=max_train)
     key = name.strip()
+    parent, classes = split_subset_spec(key)
+    if classes is not None:
+        if not parent:
+            raise ValueError(f"dataset {name!r}: a class subset is <dataset>:classes=<list>, e.g. "
+                             "cifar10:classes=3,5; the dataset is missing")
+        full = load_dataset(parent, data_root, val_size, split_seed, download, None, image_size)
+        return select_classes(full, classes, max_train=max_train)
+    split = dict(val_size=val_size, split_seed=split_seed, max_train=max_train)
     if key.lower() == "digits":
         return _load_digits(**split)
     if key.lower() in _TORCHVISION_CIFAR:

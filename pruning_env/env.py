@@ -148,7 +148,11 @@ class DataAwarePruneEnv(gym.Env):
     | argument | default | meaning |
     |----------|---------|---------|
     | model | ``"small_resnet"`` | registered model name or any ``nn.Module`` (its weights are the base) |
-    | dataset | ``"digits"`` | ``digits`` (bundled), ``cifar10``, ``cifar100``, ``npz:``/``folder:`` paths |
+    | dataset | ``"digits"`` | ``digits`` (bundled), ``cifar10``, ``cifar100``, ``npz:``/``folder:`` paths; |
+    |         |              | ``<dataset>:classes=<list>`` a class subset, e.g. ``cifar10:classes=2,3,4,5,6,7``  |
+    |         |              | or ``cifar10:classes=cat,dog`` (indices or names, >= 2, each once; relabelled   |
+    |         |              | 0..k-1 in that order). The head is sized to the subset: full-dataset base weights |
+    |         |              | get the chosen classifier rows, then ``adapt_steps`` adapts them (cached per subset) |
     | checkpoint | None | base weights (state_dict, loaded with ``weights_only=True``) |
     | data_root | None | folder with datasets; default ``$PRUNING_ENV_DATA`` or the cache |
     | adapt_steps | 0 | SGD steps adapting the base weights to the train split first (cached; see ``adapt``) |

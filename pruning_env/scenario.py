@@ -9,6 +9,12 @@ A scenario is what a pruning episode starts from. :func:`load_scenario` resolves
   ``<data_root>/pretrained/<dataset>_<model>.pth`` file, a cached result of :func:`pretrain`, or,
   for the embedded default (digits + ``small_resnet``), training on first use (seconds).
 
+For a class subset (``cifar10:classes=2,3,4,5,6,7``, :mod:`pruning_env.subsets`) the base weights are
+the full dataset's (``pretrained/cifar10_<model>.pth``, the cached trained base, or a checkpoint with
+the full head) with the classifier sliced to the subset's rows (:func:`~pruning_env.subsets.slice_classifier`);
+``adapt_steps`` then adapts them to the subset, cached under the subset's fingerprint. A checkpoint whose
+head already has the subset's classes is used as it is.
+
 The scenario id hashes the weights, the dataset fingerprint and the input shape, so every
 artefact cached for a scenario (latency table, attention, statistics) is rebuilt when any of
 them changes.
@@ -19,6 +25,7 @@ from __future__ import annotations
 import importlib
 import inspect
 import logging
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,6 +40,7 @@ from .data import load_dataset
 from .engine import ModelGraph
 from .models import available_models, build_model
 from .splits import DatasetSplits
+from .subsets import find_classifier, slice_classifier
 from .train import evaluate, train
 
 __all__ = [
@@ -117,9 +125,14 @@ def load_checkpoint(model: nn.Module, path: str | Path, strict: bool = True) -> 
     return model
 
 
+def _file_stem(name: str) -> str:
+    """``name`` safe in a file name: ``cifar10:classes=2,3`` -> ``cifar10-classes-2-3``."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-") or "data"
+
+
 def _weights_cache_path(model_name: str, data: DatasetSplits, init_hash: str, settings: dict) -> Path:
     key = stable_hash({"model": model_name, "data": data.fingerprint, "init": init_hash, **settings})
-    return cache_dir("weights") / f"{data.name}_{model_name}_{key}.pth"
+    return cache_dir("weights") / f"{_file_stem(data.name)}_{model_name}_{key}.pth"
 
 
 def pretrain(
@@ -193,7 +206,7 @@ def adapt(
     key = stable_hash({"weights": state_dict_hash(model), "data": data.fingerprint, "steps": int(steps),
                        "lr": float(lr), "batch_size": int(batch_size), "seed": int(seed)})
     name = type(model).__name__.lower()
-    path = cache_dir("adapted") / f"{data.name}_{name}_{key}.pth"
+    path = cache_dir("adapted") / f"{_file_stem(data.name)}_{name}_{key}.pth"
 
     def build() -> dict[str, torch.Tensor]:
         t0 = time.perf_counter()
@@ -227,6 +240,30 @@ def build_user_model(spec: str, num_classes: int | None = None) -> nn.Module:
     return net
 
 
+def _fit_head(net: nn.Module, data: DatasetSplits, source: str) -> tuple[nn.Module, str]:
+    """For a class subset: slice a head with the parent's classes to the subset's rows; else as it is."""
+    sub = data.subset
+    if sub is None:
+        return net, source
+    try:
+        find_classifier(net, sub.parent_num_classes)
+    except ValueError:
+        find_classifier(net, data.num_classes)  # already the subset's head (or a clear error)
+        return net, source
+    ids = ",".join(str(i) for i in sub.class_ids)
+    return slice_classifier(net, sub.class_ids, sub.parent_num_classes), f"{source}, head sliced to classes {ids}"
+
+
+def _load_either_head(build: Any, path: str | Path, heads: tuple[int, ...]) -> nn.Module:
+    """``build(n)`` loaded from ``path`` for the first head size ``n`` in ``heads`` the checkpoint fits."""
+    for n in heads[:-1]:
+        try:
+            return load_checkpoint(build(n), path)
+        except ValueError:
+            continue
+    return load_checkpoint(build(heads[-1]), path)  # the last size's error says what does not match
+
+
 def load_scenario(
     model: str | nn.Module = DEFAULT_MODEL,
     dataset: str | DatasetSplits = DEFAULT_DATASET,
@@ -244,18 +281,25 @@ def load_scenario(
         model: registered model name (see :func:`pruning_env.models.available_models`), a user's
             ``"package.module:function"`` returning a module (:func:`build_user_model`; its weights, or
             ``checkpoint``, are the base), or a module whose current weights are the base weights.
-        dataset: registered dataset name or already loaded splits.
-        checkpoint: state_dict file for the base weights (``weights_only=True``).
+        dataset: registered dataset name, a class subset of one (``"cifar10:classes=2,3,4,5,6,7"``), or
+            already loaded splits.
+        checkpoint: state_dict file for the base weights (``weights_only=True``); for a class subset,
+            with the full dataset's head (sliced) or the subset's.
         data_root: where datasets (and ``pretrained/<dataset>_<model>.pth``) are looked for.
         train_if_missing: train base weights when none are found. Default: only for the
-            embedded default scenario, which trains in seconds.
-        num_classes: override the dataset's class count for the model head.
+            embedded default scenario, which trains in seconds (for a subset of digits: on all digits).
+        num_classes: override the dataset's class count for the model head (of a class subset: the head
+            the base weights have before slicing).
         adapt_steps, adapt_lr: fine-tune the loaded weights this many steps on the train split first
             (:func:`adapt`, cached); 0 uses them as they are.
         device: where the adaptation trains (default: CUDA when available).
     """
     data = dataset if isinstance(dataset, DatasetSplits) else load_dataset(dataset, data_root=data_root)
-    ncls = num_classes or data.num_classes
+    sub = data.subset
+    # the head the base weights have: a subset starts from the full dataset's weights
+    base_name = sub.parent if sub is not None else data.name
+    ncls = num_classes or (sub.parent_num_classes if sub is not None else data.num_classes)
+    heads = (ncls,) if sub is None or num_classes else (ncls, data.num_classes)
     size = data.input_shape[-1]
     info: dict[str, Any] = {}
     if isinstance(model, nn.Module):
@@ -265,41 +309,41 @@ def load_scenario(
             load_checkpoint(net, checkpoint)
             source = str(checkpoint)
     elif isinstance(model, str) and ":" in model:  # a user's "package.module:function"
-        net, name = build_user_model(model, num_classes=ncls), model
-        source = f"{model}() as returned"
-        if checkpoint is not None:
-            load_checkpoint(net, checkpoint)
-            source = str(checkpoint)
+        name = model
+        net = (_load_either_head(lambda n: build_user_model(model, num_classes=n), checkpoint, heads)
+               if checkpoint is not None else build_user_model(model, num_classes=ncls))
+        source = str(checkpoint) if checkpoint is not None else f"{model}() as returned"
     elif isinstance(model, str):
         if model not in available_models():
             raise ValueError(f"unknown model {model!r}; valid names: {', '.join(available_models())}, "
                              "'package.module:function' returning a torch.nn.Module, or any torch.nn.Module")
         name = model
-        net = build_model(name, num_classes=ncls, input_size=size)
-        shipped = resolve_data_root(data_root) / "pretrained" / f"{data.name}_{name}.pth"
+        shipped = resolve_data_root(data_root) / "pretrained" / f"{base_name}_{name}.pth"
         if checkpoint is not None:
-            load_checkpoint(net, checkpoint)
+            net = _load_either_head(lambda n: build_model(name, num_classes=n, input_size=size), checkpoint, heads)
             source = str(checkpoint)
         elif shipped.exists():
-            load_checkpoint(net, shipped)
+            net = load_checkpoint(build_model(name, num_classes=ncls, input_size=size), shipped)
             source = str(shipped)
         else:
-            auto = (name, data.name) in _AUTO_TRAIN
+            auto = (name, base_name) in _AUTO_TRAIN
             if train_if_missing is None:
                 train_if_missing = auto
             if not train_if_missing:
                 raise FileNotFoundError(
-                    f"no base weights for model {name!r} on dataset {data.name!r}: pass checkpoint=<state_dict "
+                    f"no base weights for model {name!r} on dataset {base_name!r}: pass checkpoint=<state_dict "
                     f".pth>, put one at {shipped}, or train one with `python -m pruning_env.pretrain --model "
-                    f"{name} --dataset {data.name}` (or load_scenario(..., train_if_missing=True))."
+                    f"{name} --dataset {base_name}` (or load_scenario(..., train_if_missing=True))."
                 )
-            kw = _AUTO_TRAIN.get((name, data.name), {})
-            net, path, metrics = pretrain(name, data, progress=False, **kw)
+            kw = _AUTO_TRAIN.get((name, base_name), {})
+            # a subset's base is trained on the full dataset (the cached one the full scenario uses)
+            parent = load_dataset(base_name, data_root=data_root) if sub is not None else data
+            net, path, metrics = pretrain(name, parent, progress=False, **kw)
             source = f"trained by pretrain ({path.name})"
             info.update(metrics)
     else:
         raise TypeError(f"model must be a registered name or a torch.nn.Module, got {type(model).__name__}")
-    net = net.cpu().eval()
+    net, source = _fit_head(net.cpu().eval(), data, source)
     if adapt_steps:
         net, path = adapt(net, data, adapt_steps, lr=adapt_lr, seed=0, device=device)
         source = f"{source}, adapted {adapt_steps} steps ({path.name})"

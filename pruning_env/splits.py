@@ -22,11 +22,33 @@ import torch
 from pruning_env.cache import stable_hash
 from pruning_env.image_dataset import TensorImageDataset
 
-__all__ = ["DatasetSplits", "from_arrays", "make_splits", "carve_test", "to_nchw", "to_labels"]
+__all__ = ["DatasetSplits", "ClassSubset", "from_arrays", "make_splits", "carve_test", "to_nchw", "to_labels"]
 
 _SPLIT_VERSION = 1  # bump when the split or ordering algorithm changes: it changes every fingerprint
 _FIXED_TEST_SEED = 0  # digits / test-less folders: the carved-out test set ignores split_seed
 _CARVED_TEST_FRACTION = 0.2
+
+
+@dataclass(frozen=True)
+class ClassSubset:
+    """Where a class subset comes from.
+
+    Attributes:
+        parent: the full dataset's name (``"cifar10"``).
+        parent_classes: the full dataset's class names (index = the parent's label).
+        class_ids: the parent's label of each subset class, in the subset's order (subset label ``j`` is
+            parent label ``class_ids[j]``).
+        parent_fingerprint: the full dataset's fingerprint.
+    """
+
+    parent: str
+    parent_classes: tuple[str, ...]
+    class_ids: tuple[int, ...]
+    parent_fingerprint: str
+
+    @property
+    def parent_num_classes(self) -> int:
+        return len(self.parent_classes)
 
 
 @dataclass
@@ -36,6 +58,8 @@ class DatasetSplits:
     ``fingerprint`` hashes the name, the pixel and label content, the normalisation and the split
     settings: equal fingerprints mean identical train/val/test tensors, so it keys cached
     artefacts (trained base weights, statistics). ``source`` says in words where the data came from.
+    ``subset``: for a class subset of a registered dataset (:mod:`pruning_env.subsets`), where it comes
+    from; None for a full dataset.
     """
 
     name: str
@@ -49,6 +73,7 @@ class DatasetSplits:
     input_shape: tuple[int, int, int]
     fingerprint: str
     source: str
+    subset: ClassSubset | None = None
 
 
 def from_arrays(
