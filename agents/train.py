@@ -60,8 +60,8 @@ from .factory import make_agent, resolve_hyperparams
 from .protocol import get_agent_class
 from .sb3 import SB3Agent
 
-__all__ = ["TrainOptions", "EpisodeRecorder", "run_search", "seed_everything", "run_metadata", "main",
-           "CSV_COLUMNS"]
+__all__ = ["TrainOptions", "EpisodeRecorder", "run_search", "seed_everything", "run_metadata", "env_description",
+           "write_json", "main", "CSV_COLUMNS"]
 
 CSV_COLUMNS = ["episode", "reward", "accuracy", "latency_ms", "speedup", "macs", "params", "ratios",
                "episode_seconds", "wall_time"]
@@ -148,7 +148,7 @@ def run_metadata() -> dict[str, Any]:
     return {"versions": versions, "hardware": _hardware(), "torch_threads": torch.get_num_threads()}
 
 
-def _env_description(env: gym.Env) -> dict[str, Any]:
+def env_description(env: gym.Env) -> dict[str, Any]:
     """What config.json records about the environment: its spaces and, for a pruning environment, its
     back end's description (settings, base measurements, the behaviour record) and the task."""
     out: dict[str, Any] = {"observation_space": str(env.observation_space), "action_space": str(env.action_space)}
@@ -166,7 +166,7 @@ def _behaviour(env: gym.Env) -> dict[str, Any] | None:
     return backend.behaviour() if backend is not None else None
 
 
-def _write_json(path: Path, data: Any) -> None:
+def write_json(path: Path, data: Any) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(data, indent=2, default=str))
     tmp.replace(path)
@@ -303,9 +303,9 @@ def run_search(opts: TrainOptions, env: gym.Env | None = None) -> dict[str, Any]
         for stale in ("episodes.csv", "best_plan.json"):  # a run that died before its first checkpoint
             (run / stale).unlink(missing_ok=True)
         hyperparams = resolve_hyperparams(opts.algo, opts.env, opts.hyperparams)
-        _write_json(config_path, {
+        write_json(config_path, {
             "options": asdict(opts), "run": run.name, "hyperparams": hyperparams,
-            "agent_class": f"{cls.__module__}.{cls.__qualname__}", "env": _env_description(env),
+            "agent_class": f"{cls.__module__}.{cls.__qualname__}", "env": env_description(env),
             **run_metadata(), "command": sys.argv, "started": dt.datetime.now().isoformat(timespec="seconds"),
         })
         recorder = EpisodeRecorder(env, run, writer)
@@ -319,7 +319,7 @@ def run_search(opts: TrainOptions, env: gym.Env | None = None) -> dict[str, Any]
             rows[rows["episode"] <= done].to_csv(run / "episodes.csv", index=False)
         best = state.get("best") or {}
         if best.get("plan") is not None:
-            _write_json(run / "best_plan.json", best["plan"])
+            write_json(run / "best_plan.json", best["plan"])
         recorder = EpisodeRecorder(env, run, writer, episodes=done, time_offset=state.get("wall_time", 0.0),
                                    best={"episode": best.get("episode"), "reward": best.get("reward", -math.inf)})
         recorder.best_plan = best.get("plan")
@@ -332,7 +332,7 @@ def run_search(opts: TrainOptions, env: gym.Env | None = None) -> dict[str, Any]
         best = {**recorder.best, "plan": recorder.best_plan}
         state.update(episodes=recorder.episodes, agent_file=path.name, wall_time=round(recorder.wall_time, 3),
                      best=best, finished=finished)
-        _write_json(state_path, state)  # written last: it names a complete checkpoint
+        write_json(state_path, state)  # written last: it names a complete checkpoint
 
     remaining = max(0, opts.episodes - recorder.episodes)
     bar = tqdm(total=opts.episodes, initial=recorder.episodes, desc=run.name, unit="ep", disable=not opts.progress)

@@ -49,12 +49,12 @@ from .baselines import UniformAgent, ratios_to_actions
 from .protocol import get_agent_class, has_observation_policy, step_index
 from .train import (
     EpisodeRecorder,
-    _env_description,
-    _write_json,
     build_parser,
+    env_description,
     options_from_args,
     run_metadata,
     seed_everything,
+    write_json,
 )
 
 __all__ = ["TransferOptions", "run_transfer", "play", "main"]
@@ -167,10 +167,10 @@ def run_transfer(opts: TransferOptions) -> dict[str, Any]:
         source_record = {"run": str(source), "algo": algo, "episodes": int(src_state.get("episodes", 0)),
                          "env_kwargs": src_config["options"].get("env_kwargs", {}),
                          "best_reward": (src_state.get("best") or {}).get("reward")}
-        _write_json(run / "config.json", {
+        write_json(run / "config.json", {
             "options": {"algo": algo, "env": env_id, "seed": opts.seed, "episodes": opts.episodes,
                         "env_kwargs": opts.env_kwargs, "hyperparams": src_config["options"].get("hyperparams", {})},
-            "transfer": asdict(opts), "source": source_record, "run": run.name, "env": _env_description(env),
+            "transfer": asdict(opts), "source": source_record, "run": run.name, "env": env_description(env),
             **run_metadata(), "command": sys.argv, "started": dt.datetime.now().isoformat(timespec="seconds"),
         })
         recorder = EpisodeRecorder(env, run)
@@ -182,8 +182,8 @@ def run_transfer(opts: TransferOptions) -> dict[str, Any]:
         env.close()
     result = {"source": source_record, "policy": policy, "uniform": uniform, "plan": plan,
               "run_dir": str(run), "best_reward": policy["reward"], "best_episode": recorder.best["episode"]}
-    _write_json(run / "transfer.json", result)
-    _write_json(run / "state.json", {"episodes": recorder.episodes, "agent_file": None, "wall_time": round(wall, 3),
+    write_json(run / "transfer.json", result)
+    write_json(run / "state.json", {"episodes": recorder.episodes, "agent_file": None, "wall_time": round(wall, 3),
                                      "best": {**recorder.best, "plan": recorder.best_plan}, "finished": True})
     return result
 

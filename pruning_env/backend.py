@@ -380,8 +380,9 @@ class PruningBackend:
             if cfg.bn_batches > 0:
                 recalibrate_bn(pruned, self._cal_batches, device=self.device)
             if cfg.finetune_steps > 0:
-                train(pruned, sc.data.train, epochs=1, max_steps=cfg.finetune_steps, lr=cfg.finetune_lr,
-                      device=self.device, progress=False, seed=0)
+                # as many passes as the steps need (digits' train split is 10 batches)
+                train(pruned, sc.data.train, epochs=cfg.finetune_steps, max_steps=cfg.finetune_steps,
+                      lr=cfg.finetune_lr, device=self.device, progress=False, seed=0)
                 if cfg.bn_batches > 0:
                     recalibrate_bn(pruned, self._cal_batches, device=self.device)
             pruned.eval()

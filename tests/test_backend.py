@@ -112,6 +112,20 @@ def test_macs_mode_builds_no_table_and_prices_macs(backend):
         macs.predicted_latency_ms(kept)
 
 
+def test_recovery_runs_every_step_asked_for_even_past_one_pass_over_the_data(backend):
+    import torch
+
+    per_pass = len(backend.scenario.data.train) // 128  # the digits train split: a handful of batches
+    kept = backend.kept_for_ratios([0.5] * backend.n_groups)
+
+    def recovered(steps: int) -> list:
+        cfg = BackendConfig(latency="macs", val_samples=100, finetune_steps=steps)
+        return list(PruningBackend(backend.scenario, cfg).evaluate(kept).model.parameters())
+
+    one_pass, more = recovered(per_pass), recovered(per_pass + 1)  # steps were capped at one pass before
+    assert not all(torch.equal(a, b) for a, b in zip(one_pass, more))
+
+
 def test_shared_back_ends_are_built_once_per_scenario_and_settings(backend):
     a = PruningBackend.shared(backend.scenario, BackendConfig(latency="macs", val_samples=100))
     b = PruningBackend.shared(backend.scenario, BackendConfig(latency="macs", val_samples=100))
