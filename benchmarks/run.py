@@ -223,8 +223,8 @@ def _recorded_behaviour(env_record: dict[str, Any]) -> dict[str, Any]:
 
 def _set_aside_stale(specs: list[RunSpec], out: Path) -> list[str]:
     """Move runs made under another behaviour record than this version's (their ``done/`` file and run
-    folder; :func:`pruning_env.backend.behaviour_record`) to ``stale/<time>/``, so that they are measured
-    again instead of mixed into the results."""
+    folder; :func:`pruning_env.backend.behaviour_record`), or with other scenario settings than the
+    profile's now, to ``stale/<time>/``, so that they are measured again instead of mixed into the results."""
     from pruning_env.backend import behaviour_record
 
     dest, moved = out / "stale" / time.strftime("%Y%m%d-%H%M%S"), []
@@ -238,7 +238,11 @@ def _set_aside_stale(specs: list[RunSpec], out: Path) -> list[str]:
             continue
         kw = s.scenario.env_kwargs
         now = behaviour_record(kw.get("importance", "attention"), kw.get("latency", _default_latency(s)))
-        if recorded is None or {k: recorded.get(k) for k in now} != now:
+        searched_with = json.loads(config.read_text()).get("options", {}).get("env_kwargs") \
+            if config.exists() else None
+        changed = searched_with is not None and json.dumps(searched_with, sort_keys=True, default=str) != \
+            json.dumps(kw, sort_keys=True, default=str)  # the profile's scenario settings changed since
+        if recorded is None or {k: recorded.get(k) for k in now} != now or changed:
             dest.mkdir(parents=True, exist_ok=True)
             for p in (s.done_file, run_dir):
                 if p.exists():
@@ -286,7 +290,7 @@ def run_benchmark(profile: str | Profile, out: str | Path | None = None, seeds: 
               "there is nothing to transfer (their runs on each target scenario are the comparison)")
     stale = _set_aside_stale(specs, out)
     if stale:
-        print(f"{len(stale)} run(s) were measured with another channel scoring than this version's; moved to "
+        print(f"{len(stale)} run(s) were measured under another behaviour or scenario settings than now; moved to "
               f"{out / 'stale'} and measured again: {', '.join(stale)}")
     todo = [s for s in specs if not s.done_file.exists()]
     print(f"benchmark {prof.name!r}: {len(specs)} runs ({len(specs) - len(todo)} already done), "

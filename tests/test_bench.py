@@ -65,6 +65,15 @@ def test_quick_benchmark_writes_report_and_skips_finished_runs(tmp_path) -> None
     assert sorted(sp["agent"]) == ["random", "uniform"] and (sp["pruned_ms"] > 0).all()
     assert sp["speedup"].median() > 1.2, sp[["agent", "base_ms", "pruned_ms"]]
     assert (tmp_path / "speedups_torch_bs64.csv").exists() and len(summary(sp)) == 2
+    # A run searched with other scenario settings than the profile's now is set aside and searched again.
+    changed = Profile("tiny", [BenchScenario("digits-small_resnet", {"bn_batches": 1})], agents=["uniform"],
+                      seeds=1, episodes=2, description="test")
+    run_benchmark(changed, out=tmp_path)
+    config = tmp_path / "runs" / "digits-small_resnet__uniform__0" / "config.json"
+    assert json.loads(config.read_text())["options"]["env_kwargs"] == {"bn_batches": 1}
+    set_aside = [json.loads(c.read_text())["options"]["env_kwargs"]
+                 for c in (tmp_path / "stale").glob("*/digits-small_resnet__uniform__0/config.json")]
+    assert {} in set_aside
 
 
 def test_unknown_scenario_is_refused_with_the_valid_names(tmp_path) -> None:
