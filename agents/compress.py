@@ -65,6 +65,10 @@ class CompressOptions:
     """agent (ppo, sac, ddpg, amc, random, cem, ...) or baseline (uniform, global-magnitude, global-lamp)"""
     episodes: int = 100
     """search episodes (agents only)"""
+    recovery_steps: int = 20
+    """SGD steps each search episode fine-tunes its plan before scoring it (the environment's
+    finetune_steps; 0: BatchNorm recalibration only, which at one target ranks ResNet-20 plans no better
+    than chance, docs/results.md)"""
     plan: str | None = None
     """a plan JSON to use instead of searching or matching (e.g. one baseline match shared by fine-tune seeds)"""
     seed: int = 0
@@ -107,6 +111,8 @@ class CompressOptions:
                 kw[key] = getattr(self, key)
         if self.adapt_steps:
             kw["adapt_steps"] = self.adapt_steps
+        if self.recovery_steps:
+            kw["finetune_steps"] = self.recovery_steps
         return {**kw, **self.env_kwargs}
 
 

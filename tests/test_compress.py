@@ -41,6 +41,8 @@ def test_compress_a_user_model_with_an_agent_end_to_end(tmp_path, checkpoint):
                  "plots/widths.png", "plots/search.png", "search/episodes.csv"):
         assert (job / name).exists(), name
     assert final["export"]["onnx_check"]["matches"] and final["export"]["reload_max_abs_diff"] == 0.0
+    searched = json.loads((job / "search" / "config.json").read_text())["env"]
+    assert searched["config"]["finetune_steps"] == 20  # the search scores plans after recovery steps
     assert final["macs_ratio"] > 1.2 and final["speedup_measured"] > 1.0
     assert final["test_accuracy"] > 0.5 and final["base_test_accuracy"] > 0.9
     model, plan = load_pruned(job / "pruned_model.pt")  # rebuilt from "user_model:plain_cnn" by name
