@@ -156,6 +156,9 @@ def finetune_run(opts: FinetuneOptions, env: gym.Env | None = None) -> dict[str,
     if opts.epochs > 0 and opts.max_steps != 0:  # 0: measure the searched plan as it is (after BN recalibration)
         train(pruned, sc.data.train, epochs=opts.epochs, lr=opts.lr, batch_size=opts.batch_size, device=device,
               progress=opts.progress, max_steps=opts.max_steps, seed=opts.seed)
+        # BN statistics of clean batches, as the environment's recovery does: the running statistics of a
+        # short fine-tune mix augmented batches in (8 steps on digits: 69% test accuracy instead of 93%)
+        recalibrate_bn(pruned, sc.data.train, num_batches=4, device=device)
     finetune_seconds = time.perf_counter() - t_ft
     acc_after = evaluate(pruned, sc.data.test, device=device)
     pruned = pruned.cpu().eval()

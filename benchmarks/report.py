@@ -130,7 +130,7 @@ def leaderboard(df: pd.DataFrame) -> str:
         if "base_test_accuracy" in sdf:
             lines.append(f"\nbase model: val acc {sdf['base_val_accuracy'].astype(float).mean():.4f}, "
                          f"test acc {sdf['base_test_accuracy'].astype(float).mean():.4f}, "
-                         f"fine-tuning epochs {int(sdf['finetune_epochs'].max())}\n")
+                         f"fine-tuning epochs {int(sdf['finetune_epochs'].max())}{_recovery_note(sdf)}\n")
         else:
             lines.append("")
         refs = [r for r in REFERENCE_ROWS if r["scenario"] == scenario]
@@ -298,3 +298,11 @@ def main(argv: list[str] | None = None) -> None:
 
 if __name__ == "__main__":
     main()
+
+
+def _recovery_note(sdf: pd.DataFrame) -> str:
+    """Says when test accuracies come after the search's own recovery steps instead of a fine-tune."""
+    steps = pd.to_numeric(sdf.get("finetune_steps", pd.Series(dtype=float)), errors="coerce").dropna()
+    if steps.empty or int(sdf["finetune_epochs"].max()) > 0:
+        return ""
+    return f" (test accuracy after the search's own {int(steps.max())} recovery steps)"

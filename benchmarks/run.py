@@ -98,7 +98,7 @@ def run_one(spec: RunSpec) -> dict[str, Any]:
     import torch
 
     torch.set_num_threads(spec.threads)
-    from agents.finetune import FinetuneOptions, finetune_run
+    from agents.finetune import finetune_run
     from agents.train import TrainOptions, run_search
 
     t0 = time.perf_counter()
@@ -123,11 +123,11 @@ def run_one(spec: RunSpec) -> dict[str, Any]:
                base_val_accuracy=config.get("env", {}).get("base_accuracy"),
                versions=json.dumps(config.get("versions", {})), hardware=json.dumps(config.get("hardware", {})),
                behaviour=json.dumps(_recorded_behaviour(config.get("env", {})), sort_keys=True))
-    final = finetune_run(FinetuneOptions(run=str(run_dir), epochs=spec.finetune_epochs, progress=False,
-                                         onnx=False, seed=spec.seed))
+    final = finetune_run(_final_options(spec, run_dir))
     row.update(test_accuracy=final["pruned"]["test_accuracy"], base_test_accuracy=final["base"]["test_accuracy"],
                test_accuracy_before_finetune=final["pruned"]["test_accuracy_before_finetune"],
-               finetune_epochs=spec.finetune_epochs, macs_ratio=final["macs_ratio"],
+               finetune_epochs=spec.finetune_epochs, finetune_steps=final["options"].get("max_steps"),
+               macs_ratio=final["macs_ratio"],
                speedup_measured=final["speedup_measured"], latency_ms=final["pruned"]["latency_ms"],
                base_latency_ms=final["base"]["latency_ms"], torch_threads=torch.get_num_threads(),
                run_seconds=time.perf_counter() - t0, ratios=json.dumps(final["plan_ratios"]))
@@ -141,6 +141,20 @@ def run_one(spec: RunSpec) -> dict[str, Any]:
     tmp.write_text(json.dumps(row, indent=1, default=str))
     tmp.replace(spec.done_file)  # atomic: a run is either done or not
     return row
+
+
+def _final_options(spec: RunSpec, run_dir: Path) -> Any:
+    """How a run's best plan is fine-tuned before its test accuracy is measured: the profile's epochs, or,
+    when the profile fine-tunes nothing, the search's own recovery (``finetune_steps`` steps, seed 0), so
+    that the test accuracy is that of the network the search scored."""
+    from agents.finetune import FinetuneOptions
+
+    kw = spec.scenario.env_kwargs
+    steps = int(kw.get("finetune_steps", 0))
+    if spec.finetune_epochs == 0 and steps > 0:
+        return FinetuneOptions(run=str(run_dir), epochs=steps, max_steps=steps, lr=float(kw.get("finetune_lr", 0.01)),
+                               progress=False, onnx=False, seed=0)
+    return FinetuneOptions(run=str(run_dir), epochs=spec.finetune_epochs, progress=False, onnx=False, seed=spec.seed)
 
 
 def _safe_run(spec: RunSpec) -> dict[str, Any]:

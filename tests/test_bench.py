@@ -9,12 +9,13 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
-from benchmarks.profiles import BenchScenario, Profile
+from benchmarks.profiles import BenchScenario, Profile, get_profile
 from benchmarks.run import run_benchmark
 from benchmarks.speedups import remeasure, summary
 from pruning_env.backend import BEHAVIOUR, behaviour_record
@@ -66,11 +67,16 @@ def test_quick_benchmark_writes_report_and_skips_finished_runs(tmp_path) -> None
     assert sp["speedup"].median() > 1.2, sp[["agent", "base_ms", "pruned_ms"]]
     assert (tmp_path / "speedups_torch_bs64.csv").exists() and len(summary(sp)) == 2
     # A run searched with other scenario settings than the profile's now is set aside and searched again.
-    changed = Profile("tiny", [BenchScenario("digits-small_resnet", {"bn_batches": 1})], agents=["uniform"],
+    changed = Profile("tiny", [BenchScenario("digits-small_resnet", {"finetune_steps": 2})], agents=["uniform"],
                       seeds=1, episodes=2, description="test")
     run_benchmark(changed, out=tmp_path)
     config = tmp_path / "runs" / "digits-small_resnet__uniform__0" / "config.json"
-    assert json.loads(config.read_text())["options"]["env_kwargs"] == {"bn_batches": 1}
+    assert json.loads(config.read_text())["options"]["env_kwargs"] == {"finetune_steps": 2}
+    # Its test accuracy is that of the network the search scored: after the same 2 recovery steps.
+    recovered = json.loads((tmp_path / "done" / "digits-small_resnet__uniform__0.json").read_text())
+    assert recovered["finetune_steps"] == 2 and recovered["test_accuracy"] != recovered[
+        "test_accuracy_before_finetune"]
+    assert "after the search's own 2 recovery steps" in (tmp_path / "leaderboard.md").read_text()
     set_aside = [json.loads(c.read_text())["options"]["env_kwargs"]
                  for c in (tmp_path / "stale").glob("*/digits-small_resnet__uniform__0/config.json")]
     assert {} in set_aside
@@ -122,3 +128,14 @@ def test_ray_backend_runs_the_benchmark_on_a_local_ray_instance(tmp_path) -> Non
         ray.shutdown()
     assert sorted(df["agent"]) == ["random", "uniform"] and df["val_accuracy"].notna().all()
     assert len(list((tmp_path / "done").glob("*.json"))) == 2
+
+
+def test_paper_cifar10_profile_says_how_to_get_the_weights_it_lacks(tmp_path, shared_data) -> None:
+    if (shared_data / "pretrained" / "cifar10_vgg19.pth").exists():
+        pytest.skip("VGG-19 CIFAR-10 weights are present: the profile would run")
+    (vgg,) = [s for s in get_profile("paper-cifar10").scenarios if s.name == "cifar10-vgg19"]
+    assert vgg.env_kwargs["target_latency"] == pytest.approx(1 / 3.63, abs=1e-4)
+    prof = Profile("p", [replace(vgg, env_kwargs={**vgg.env_kwargs, "data_root": str(shared_data)})],
+                   agents=["uniform"], seeds=1, episodes=1)
+    with pytest.raises(FileNotFoundError, match="python -m pruning_env.pretrain --model vgg19 --dataset cifar10"):
+        run_benchmark(prof, out=tmp_path)
