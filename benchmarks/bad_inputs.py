@@ -108,6 +108,12 @@ def cases(tmp: Path) -> list[Case]:
     return [
         Case("unknown model name", lambda: _default_env(model="resnet99"), ValueError, "valid names: "),
         Case("unknown dataset name", lambda: load_dataset("imagenet5"), ValueError, "valid names: digits"),
+        Case("class subset with an unknown class", lambda: load_dataset("digits:classes=0,dgo"), ValueError,
+             "the classes of digits are 0, 1"),
+        Case("class subset of one class", lambda: load_dataset("digits:classes=3"), ValueError,
+             "list two or more, e.g. digits:classes=0,1"),
+        Case("class subset index out of range", lambda: load_dataset("digits:classes=0,12"), ValueError,
+             "indices 0-9"),
         Case("unknown reward name", lambda: make_reward("speed"), ValueError, "valid names: "),
         Case("unknown importance name", lambda: make_importance("magic"), ValueError, "valid names: attention"),
         Case("unknown agent name", lambda: make_agent("dqn", env()), ValueError, "ppo"),

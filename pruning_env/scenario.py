@@ -154,10 +154,15 @@ def pretrain(
     """
     data = dataset if isinstance(dataset, DatasetSplits) else load_dataset(dataset, data_root=data_root)
     torch.manual_seed(seed)  # the initialisation is part of what `seed` fixes
-    model = build_model(model_name, num_classes=data.num_classes, input_size=data.input_shape[-1])
+    size = data.input_shape[-1]
+    model = build_model(model_name, num_classes=data.num_classes, input_size=size)
     init_hash = "scratch"
-    if checkpoint is not None:
-        load_checkpoint(model, checkpoint)
+    if checkpoint is not None:  # for a class subset: a checkpoint of the full dataset's head is sliced
+        sub = data.subset
+        heads = (sub.parent_num_classes, data.num_classes) if sub is not None else (data.num_classes,)
+        model = _load_either_head(lambda n: build_model(model_name, num_classes=n, input_size=size), checkpoint,
+                                  heads)
+        model, _ = _fit_head(model, data, str(checkpoint))
         init_hash = state_dict_hash(model)
     settings = {"epochs": epochs, "lr": lr, "batch_size": batch_size, "seed": seed}
     path = Path(out) if out else _weights_cache_path(model_name, data, init_hash, settings)

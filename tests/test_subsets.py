@@ -145,3 +145,14 @@ def test_env_runs_an_episode_on_a_subset(one_thread):
         done = term or trunc
     assert 0.0 < info["accuracy"] <= 1.0 and np.isfinite(reward)
     env.close()
+
+
+def test_pretrain_on_a_subset_starts_from_a_full_head_checkpoint(full_base, tmp_path, one_thread):
+    from pruning_env.scenario import pretrain
+
+    full = tmp_path / "full.pth"
+    torch.save(full_base.model.state_dict(), full)
+    model, path, metrics = pretrain("small_resnet", SUBSET, checkpoint=full, epochs=1, lr=0.01, progress=False,
+                                    out=tmp_path / "subset.pth")
+    assert model.get_submodule(find_classifier(model, 3)).out_features == 3 and path.exists()
+    assert metrics["val_accuracy"] > 0.9  # the sliced head was a good 3-class classifier before the epoch
