@@ -139,6 +139,8 @@ def cases(tmp: Path) -> list[Case]:
         Case("reward callable returning NaN", lambda: make_reward(lambda m: float("nan"))(_fake_metrics()),
              ValueError, "non-finite"),
         Case("corrupt benchmark profile name", lambda: _profile("fast"), ValueError, "valid: quick"),
+        Case("benchmark scenario without base weights", lambda: _bench_without_weights(tmp), FileNotFoundError,
+             "python -m pruning_env.pretrain --model vgg19 --dataset cifar10 --out"),
     ]
 
 
@@ -153,6 +155,18 @@ def _profile(name: str):
     from benchmarks.profiles import get_profile
 
     return get_profile(name)
+
+
+def _bench_without_weights(tmp: Path):
+    """The paper-cifar10 profile's VGG-19 where no weights are: stops before loading anything."""
+    from dataclasses import replace
+
+    from benchmarks.profiles import Profile, get_profile
+    from benchmarks.run import run_benchmark
+
+    (vgg,) = [s for s in get_profile("paper-cifar10").scenarios if s.name == "cifar10-vgg19"]
+    vgg = replace(vgg, env_kwargs={**vgg.env_kwargs, "data_root": str(tmp / "no-data")})
+    return run_benchmark(Profile("p", [vgg], agents=["uniform"], seeds=1, episodes=1), out=tmp / "bench")
 
 
 def run_case(case: Case) -> tuple[str, str]:

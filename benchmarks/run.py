@@ -269,6 +269,22 @@ def _default_latency(spec: RunSpec) -> str:
     return "macs" if "MACs" in spec.scenario.env_id else "measured" if "Measured" in spec.scenario.env_id else "table"
 
 
+def _check_base_weights(specs: list[RunSpec]) -> None:
+    """Stop before any run starts when a scenario has no base weights, saying how to get each."""
+    from pruning_env.scenario import DEFAULT_DATASET, DEFAULT_MODEL, missing_base_weights
+
+    missing = {}
+    for s in specs:
+        kw = s.scenario.env_kwargs
+        why = missing_base_weights(kw.get("model", DEFAULT_MODEL), kw.get("dataset", DEFAULT_DATASET),
+                                   kw.get("checkpoint"), kw.get("data_root"), kw.get("train_if_missing"))
+        if why:
+            missing.setdefault(s.scenario.name, why)
+    if missing:
+        raise FileNotFoundError("these scenarios lack base weights; nothing was run:\n" +
+                                "\n".join(f"  {name}: {why}" for name, why in missing.items()))
+
+
 def run_benchmark(profile: str | Profile, out: str | Path | None = None, seeds: int | None = None,
                   episodes: int | None = None, workers: int = 1, backend: str = "process",
                   agents: list[str] | None = None, scenarios: list[str] | None = None,
@@ -307,6 +323,7 @@ def run_benchmark(profile: str | Profile, out: str | Path | None = None, seeds: 
         print(f"{len(stale)} run(s) were measured under another behaviour or scenario settings than now; moved to "
               f"{out / 'stale'} and measured again: {', '.join(stale)}")
     todo = [s for s in specs if not s.done_file.exists()]
+    _check_base_weights(todo)
     print(f"benchmark {prof.name!r}: {len(specs)} runs ({len(specs) - len(todo)} already done), "
           f"{workers} worker(s) x {threads} torch thread(s), backend {backend}; output in {out}")
     (out / "profile.json").write_text(json.dumps(asdict(prof), indent=1, default=str))

@@ -40,7 +40,7 @@ from .data import load_dataset
 from .engine import ModelGraph
 from .models import available_models, build_model
 from .splits import DatasetSplits
-from .subsets import find_classifier, slice_classifier
+from .subsets import find_classifier, slice_classifier, split_subset_spec
 from .train import evaluate, train
 
 __all__ = [
@@ -269,6 +269,31 @@ def _load_either_head(build: Any, path: str | Path, heads: tuple[int, ...]) -> n
     return load_checkpoint(build(heads[-1]), path)  # the last size's error says what does not match
 
 
+def shipped_weights_path(model: str, dataset: str, data_root: str | Path | None = None) -> Path:
+    """Where :func:`load_scenario` looks for a registered model's base weights on a dataset (for a class
+    subset, the full dataset's): ``<data_root>/pretrained/<dataset>_<model>.pth``."""
+    return resolve_data_root(data_root) / "pretrained" / f"{split_subset_spec(dataset)[0]}_{model}.pth"
+
+
+def _no_weights_message(model: str, dataset: str, shipped: Path) -> str:
+    return (f"no base weights for model {model!r} on dataset {dataset!r}: pass checkpoint=<state_dict .pth>, "
+            f"put one at {shipped}, or train one with `python -m pruning_env.pretrain --model {model} --dataset "
+            f"{dataset} --out {shipped}` (or load_scenario(..., train_if_missing=True)).")
+
+
+def missing_base_weights(model: Any, dataset: Any, checkpoint: str | Path | None = None,
+                         data_root: str | Path | None = None, train_if_missing: bool | None = None) -> str | None:
+    """Why :func:`load_scenario` would stop for lack of base weights with these arguments (the message it
+    raises), or None when it would find or train them. Loads nothing: a preflight for long jobs."""
+    if checkpoint is not None or not isinstance(model, str) or ":" in model or not isinstance(dataset, str):
+        return None
+    base = split_subset_spec(dataset)[0]
+    shipped = shipped_weights_path(model, base, data_root)
+    if shipped.exists() or (train_if_missing if train_if_missing is not None else (model, base) in _AUTO_TRAIN):
+        return None
+    return _no_weights_message(model, base, shipped)
+
+
 def load_scenario(
     model: str | nn.Module = DEFAULT_MODEL,
     dataset: str | DatasetSplits = DEFAULT_DATASET,
@@ -323,7 +348,7 @@ def load_scenario(
             raise ValueError(f"unknown model {model!r}; valid names: {', '.join(available_models())}, "
                              "'package.module:function' returning a torch.nn.Module, or any torch.nn.Module")
         name = model
-        shipped = resolve_data_root(data_root) / "pretrained" / f"{base_name}_{name}.pth"
+        shipped = shipped_weights_path(name, base_name, data_root)
         if checkpoint is not None:
             net = _load_either_head(lambda n: build_model(name, num_classes=n, input_size=size), checkpoint, heads)
             source = str(checkpoint)
@@ -335,11 +360,7 @@ def load_scenario(
             if train_if_missing is None:
                 train_if_missing = auto
             if not train_if_missing:
-                raise FileNotFoundError(
-                    f"no base weights for model {name!r} on dataset {base_name!r}: pass checkpoint=<state_dict "
-                    f".pth>, put one at {shipped}, or train one with `python -m pruning_env.pretrain --model "
-                    f"{name} --dataset {base_name}` (or load_scenario(..., train_if_missing=True))."
-                )
+                raise FileNotFoundError(_no_weights_message(name, base_name, shipped))
             kw = _AUTO_TRAIN.get((name, base_name), {})
             # a subset's base is trained on the full dataset (the cached one the full scenario uses)
             parent = load_dataset(base_name, data_root=data_root) if sub is not None else data

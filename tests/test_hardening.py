@@ -31,6 +31,8 @@ BAD = [
     "plan for another model", "dataset missing offline", "target latency 0", "target latency 1.5",
     "target latency that cannot be met", "model that cannot run the example input", "NaN action",
     "action of the wrong shape", "reward callable returning NaN", "corrupt benchmark profile name",
+    "class subset with an unknown class", "class subset of one class", "class subset index out of range",
+    "benchmark scenario without base weights",
 ]
 
 
