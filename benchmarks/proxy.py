@@ -72,6 +72,9 @@ def measure(backend, rows: list[dict], steps: int, lr: float, seed: int) -> pd.D
         recalibrate_bn(model, sc.data.train, num_batches=2, device=backend.device)
         finetune(model, sc.data.train, epochs=max(1, -(-steps * 128 // len(sc.data.train))), max_steps=steps,
                  lr=lr, seed=seed, device=backend.device, progress=False)
+        # the running statistics of augmented training batches are not the clean data's: recalibrate, as the
+        # search's recovery steps and agents.finetune do
+        recalibrate_bn(model, sc.data.train, num_batches=4, device=backend.device)
         row["finetuned_accuracy"] = evaluate(model, backend.val_data, device=backend.device)
     return pd.DataFrame(rows)
 
