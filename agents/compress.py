@@ -36,6 +36,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from pruning_env.measure import MISS_TOLERANCE
+
 from .finetune import measure_speedup, model_outputs, onnx_check
 from .train import TrainOptions, build_parser, options_from_args, run_metadata, run_search, seed_everything
 
@@ -300,6 +302,8 @@ def compress(opts: CompressOptions) -> dict[str, Any]:
         "base_test_accuracy": meas["base_test_accuracy"], **ft,
         "accuracy_change": ft["test_accuracy"] - meas["base_test_accuracy"],
         "speedup_measured": meas["torch"]["speedup"],
+        # judged on the final timing, not the one the baselines were matched on: the two can differ
+        "misses_target": bool(meas["torch"]["speedup"] < (1.0 - MISS_TOLERANCE) * opts.speedup),
         "speedup_onnxruntime": meas.get("onnxruntime", {}).get("speedup"),
         "speedup_predicted": meas["predicted_speedup"], "base_latency_ms": meas["torch"]["base_latency_ms"],
         "latency_ms": meas["torch"]["pruned_latency_ms"], "macs_ratio": meas["base_macs"] / max(meas["macs"], 1),
@@ -311,6 +315,10 @@ def compress(opts: CompressOptions) -> dict[str, Any]:
 
     write_report(job, final)
     _write(job / "final.json", final)
+    if final["misses_target"]:
+        log.warning("%s measures %.2fx here, more than %d%% short of the %gx target: time it again on a quiet "
+                    "machine (latency drifts between processes), or ask for a higher --speedup", job.name,
+                    final["speedup_measured"], round(100 * MISS_TOLERANCE), opts.speedup)
     check = export.get("onnx_check", {})
     if check.get("checked") and not check["matches"]:
         raise RuntimeError(f"ONNX export differs from PyTorch by {check['max_abs_diff']:.2e}")

@@ -26,7 +26,18 @@ from torch import nn
 
 from .train import pinned_threads
 
-__all__ = ["LatencyMeasurer", "available_backends"]
+__all__ = ["MISS_TOLERANCE", "LatencyMeasurer", "available_backends"]
+
+# A plan misses its target when its measured speedup falls more than 10% short of the target speedup
+# (at the default target 2x: below 1.8x). The action wall keeps every *predicted* speedup at or above the
+# target, so a shortfall is the cost model's error plus timing noise. The calibrated table's speedup error
+# is about 6% median and 12% worst on ResNet-56 (20 random plans, pruning_env.latency), and base and pruned
+# models timed alternately still move by a few % between repeats on a shared machine. 10% lies above the
+# typical error and the noise, so a flag means the plan is slower than asked for, not that the timer
+# jittered; a tighter margin would flag plans the table priced about right, a looser one would let the
+# table's worst errors through. It is deliberately stricter than the budget reward's 2% latency tolerance
+# (``AccuracyUnderBudgetReward``), which judges predicted latencies, not timings.
+MISS_TOLERANCE = 0.10
 
 
 def _require_onnxruntime():
