@@ -157,7 +157,7 @@ def _search_plan(opts: CompressOptions, job: Path, backend: Any) -> tuple[Any, d
 
 
 def _baseline_plan(opts: CompressOptions, backend: Any) -> tuple[Any, dict[str, Any]]:
-    from .global_pruning import match_target, plan_family, table_price
+    from .global_pruning import TargetNotReached, match_target, plan_family, table_price
 
     graph, table = backend.graph, backend.table
     # Global pruning progressively (5 steps, at most 90% of a group), as Torch-Pruning's own benchmarks
@@ -179,8 +179,8 @@ def _baseline_plan(opts: CompressOptions, backend: Any) -> tuple[Any, dict[str, 
         try:
             plan, ratio = match_target(measured_fraction, make, 1.0 / opts.speedup, lo=lo, hi=hi, grid=2, iters=5)
             break
-        except ValueError as exc:
-            if hi >= 0.95 or "meets the target" not in str(exc):
+        except TargetNotReached:
+            if hi >= 0.95:
                 raise
             log.info("no ratio in [%.2f, %.2f] meets %.2fx measured; widening to [%.2f, %.2f]", lo, hi, opts.speedup,
                      hi, min(0.95, hi + 2 * (hi - lo)))

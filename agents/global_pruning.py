@@ -65,6 +65,7 @@ from pruning_env.engine import ModelGraph, apply_plan
 from pruning_env.plan import PruningPlan
 
 __all__ = [
+    "TargetNotReached",
     "IMPORTANCES", "METHODS", "tp_importance", "global_prune", "global_plan", "uniform_plan", "plan_family",
     "match_target", "macs_price", "table_price", "measured_price",
 ]
@@ -280,6 +281,10 @@ def plan_family(graph: ModelGraph, method: str, round_to: int = 8, **kwargs: Any
     raise ValueError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
 
 
+class TargetNotReached(ValueError):
+    """No ratio in the searched range meets the target (:func:`match_target`): widen the range or relax it."""
+
+
 def match_target(
     price: Callable[[PruningPlan], float],
     make_plan: Callable[[float], PruningPlan],
@@ -317,7 +322,8 @@ def match_target(
         plans were priced.
 
     Raises:
-        ValueError: bad arguments, a price that is not a finite number, or no scanned ratio meets the target
+        ValueError: bad arguments or a price that is not a finite number; :class:`TargetNotReached` (a
+            ValueError) when no scanned ratio meets the target
             (the message gives the price at ``hi``: raise ``hi`` or relax the target).
     """
     if not callable(price) or not callable(make_plan):
@@ -367,7 +373,7 @@ def match_target(
             break
         below = ratio
     else:
-        raise ValueError(
+        raise TargetNotReached(
             f"no ratio in [{lo}, {hi}] meets the target {target:g}: the price at {hi} is {value:g}. Raise hi, relax "
             "the target, or (one-shot global pruning) try a finer grid or iterative_steps"
         )

@@ -287,6 +287,14 @@ def write_report(df: pd.DataFrame, out: Path, profile: Profile | None = None) ->
         _layer_ratios(out, df)
 
 
+def _recovery_note(sdf: pd.DataFrame) -> str:
+    """Says when test accuracies come after the search's own recovery steps instead of a fine-tune."""
+    steps = pd.to_numeric(sdf.get("finetune_steps", pd.Series(dtype=float)), errors="coerce").dropna()
+    if steps.empty or int(sdf["finetune_epochs"].max()) > 0:
+        return ""
+    return f" (test accuracy after the search's own {int(steps.max())} recovery steps)"
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("folder", type=Path)
@@ -299,10 +307,3 @@ def main(argv: list[str] | None = None) -> None:
 if __name__ == "__main__":
     main()
 
-
-def _recovery_note(sdf: pd.DataFrame) -> str:
-    """Says when test accuracies come after the search's own recovery steps instead of a fine-tune."""
-    steps = pd.to_numeric(sdf.get("finetune_steps", pd.Series(dtype=float)), errors="coerce").dropna()
-    if steps.empty or int(sdf["finetune_epochs"].max()) > 0:
-        return ""
-    return f" (test accuracy after the search's own {int(steps.max())} recovery steps)"

@@ -243,17 +243,17 @@ def _set_aside_stale(specs: list[RunSpec], out: Path) -> list[str]:
 
     dest, moved = out / "stale" / time.strftime("%Y%m%d-%H%M%S"), []
     for s in specs:
-        run_dir, config = Path(s.out) / "runs" / s.name, Path(s.out) / "runs" / s.name / "config.json"
+        run_dir = Path(s.out) / "runs" / s.name
+        config = json.loads((run_dir / "config.json").read_text()) if (run_dir / "config.json").exists() else None
         if s.done_file.exists():
             recorded = json.loads(json.loads(s.done_file.read_text()).get("behaviour") or "null")
-        elif config.exists():
-            recorded = _recorded_behaviour(json.loads(config.read_text()).get("env", {}))
+        elif config is not None:
+            recorded = _recorded_behaviour(config.get("env", {}))
         else:
             continue
         kw = s.scenario.env_kwargs
         now = behaviour_record(kw.get("importance", "attention"), kw.get("latency", _default_latency(s)))
-        searched_with = json.loads(config.read_text()).get("options", {}).get("env_kwargs") \
-            if config.exists() else None
+        searched_with = config.get("options", {}).get("env_kwargs") if config is not None else None
         changed = searched_with is not None and json.dumps(searched_with, sort_keys=True, default=str) != \
             json.dumps(kw, sort_keys=True, default=str)  # the profile's scenario settings changed since
         if recorded is None or {k: recorded.get(k) for k in now} != now or changed:
