@@ -373,19 +373,8 @@ class PruningBackend:
         pruned = self.prune(plan)
         timing["surgery"] = time.perf_counter() - t
         t = time.perf_counter()
-        pruned.to(self.device)
-        if self._nhwc:
-            pruned.to(memory_format=torch.channels_last)  # evaluate/recalibrate_bn feed it NHWC batches
         with pinned_threads(self.eval_threads):
-            if cfg.bn_batches > 0:
-                recalibrate_bn(pruned, self._cal_batches, device=self.device)
-            if cfg.finetune_steps > 0:
-                # as many passes as the steps need (digits' train split is 10 batches)
-                train(pruned, sc.data.train, epochs=cfg.finetune_steps, max_steps=cfg.finetune_steps,
-                      lr=cfg.finetune_lr, device=self.device, progress=False, seed=0)
-                if cfg.bn_batches > 0:
-                    recalibrate_bn(pruned, self._cal_batches, device=self.device)
-            pruned.eval()
+            self._recover(pruned, finetune=True)
             timing["recovery"] = time.perf_counter() - t
             t = time.perf_counter()
             acc = evaluate(pruned, self.val_data, device=self.device, batch_size=64)
@@ -406,6 +395,32 @@ class PruningBackend:
             macs=macs, base_macs=self.base_macs, params=params, base_params=self.base_params,
         )
         return Evaluation(metrics=metrics, plan=plan, model=pruned, timing=timing)
+
+    def accuracy(self, kept: Sequence[int] | np.ndarray, finetune: bool = False) -> float:
+        """Validation accuracy of the plan keeping ``kept`` after BatchNorm recalibration, and after the
+        ``finetune_steps`` recovery steps too when ``finetune``; no latency, no metrics (e.g. for
+        :mod:`pruning_env.sensitivity`, which prices one group at a time)."""
+        pruned = self.prune(self.plan(np.asarray(kept, dtype=np.int64)))
+        with pinned_threads(self.eval_threads):
+            self._recover(pruned, finetune=finetune)
+            return evaluate(pruned, self.val_data, device=self.device, batch_size=64)
+
+    def _recover(self, pruned: nn.Module, finetune: bool) -> None:
+        """Move ``pruned`` to the evaluation device and layout, recalibrate BatchNorm, run the recovery
+        steps when ``finetune``, recalibrate again; leaves it in eval mode."""
+        cfg = self.config
+        pruned.to(self.device)
+        if self._nhwc:
+            pruned.to(memory_format=torch.channels_last)  # evaluate/recalibrate_bn feed it NHWC batches
+        if cfg.bn_batches > 0:
+            recalibrate_bn(pruned, self._cal_batches, device=self.device)
+        if finetune and cfg.finetune_steps > 0:
+            # as many passes as the steps need (digits' train split is 10 batches)
+            train(pruned, self.scenario.data.train, epochs=cfg.finetune_steps, max_steps=cfg.finetune_steps,
+                  lr=cfg.finetune_lr, device=self.device, progress=False, seed=0)
+            if cfg.bn_batches > 0:
+                recalibrate_bn(pruned, self._cal_batches, device=self.device)
+        pruned.eval()
 
     def base_model(self) -> nn.Module:
         """A fresh copy of the base model."""

@@ -18,6 +18,7 @@ from .latency import LatencyTable
 from .plan import PruningPlan
 from .rewards import EpisodeMetrics, Reward, make_reward
 from .scenario import DEFAULT_DATASET, DEFAULT_MODEL, Scenario, load_scenario
+from .sensitivity import SENSITIVITY_FEATURES, group_sensitivity
 
 __all__ = [
     "DataAwarePruneEnv", "LAYER_FEATURES", "BUDGET_FEATURES", "LATENCY_MODES", "OBSERVATION_FEATURES", "make_backend",
@@ -30,10 +31,12 @@ LAYER_FEATURES = [
 BUDGET_FEATURES = ["cost_removed", "cost_reducible_rest", "budget_left", "prev_action", "min_ratio"]
 _SCENARIO_ARGS = ("model", "dataset", "checkpoint", "data_root", "adapt_steps", "scenario")
 _MDP_ARGS = ("target_latency", "reward", "observation_mode", "observation_features", "render_mode")
-OBSERVATION_FEATURES = {  # which parts of the observation an ablation keeps
+OBSERVATION_FEATURES = {  # which parts of the observation each setting shows, in this order
     "all": ("layer", "budget", "data"),
     "no_data": ("layer", "budget"),
     "data_only": ("budget", "data"),
+    "relative": ("layer", "budget", "data_relative"),
+    "sensitivity": ("layer", "budget", "data", "sensitivity"),
 }
 
 
@@ -116,8 +119,15 @@ class DataAwarePruneEnv(gym.Env):
 
     Ablations (``observation_features``): ``"no_data"`` drops the data features (indices 0-15 remain),
     ``"data_only"`` keeps the budget and data features (11-31) and drops the layer description; the
-    budget features stay in both, since they describe the task's state, not the network. Agents work
-    unchanged: the observation space shrinks accordingly (in ``dict`` mode, the dropped keys go).
+    budget features stay in both, since they describe the task's state, not the network. Two variants
+    change what the data part says: ``"relative"`` replaces the 16 data features by each group's rank
+    among the network's groups (``rel_<name>``, 0 = lowest group, 1 = highest:
+    :meth:`~pruning_env.features.DataFeatures.relative`), and ``"sensitivity"`` appends to the full
+    observation 3 measured features, the relative validation-accuracy drop of the group pruned alone by
+    1/3, 2/3 and all of ``max_prune_ratio`` after BN recalibration (``sens_33``, ``sens_67``,
+    ``sens_100``; :mod:`pruning_env.sensitivity`; three evaluations per group, once per scenario,
+    cached). Agents work unchanged: the observation space changes size accordingly (in ``dict`` mode,
+    the keys are the parts: ``layer``, ``budget``, ``data``, ``data_relative``, ``sensitivity``).
 
     ## Rewards
     0 at intermediate steps, the reward object's value at the last step. Default
@@ -177,7 +187,8 @@ class DataAwarePruneEnv(gym.Env):
     |                |   | 20 steps 0.90). ``make bench`` uses 8 on digits, ``agents.compress`` 20 |
     | finetune_lr | 0.01 | learning rate of those steps (cosine schedule) |
     | observation_mode | ``"flat"`` | ``flat`` Box or ``dict`` |
-    | observation_features | ``"all"`` | ``all``, or the ablations ``no_data`` and ``data_only`` (see above) |
+    | observation_features | ``"all"`` | ``all``, the ablations ``no_data`` and ``data_only``, or the |
+    |                      |           | variants ``relative`` and ``sensitivity`` (see above) |
     | device | None | device for evaluation (default: CUDA when available) |
     | render_mode | None | ``"ansi"``: a table of per-layer decisions; ``"rgb_array"``: bars of prune ratios |
     | scenario | None | an already loaded :class:`Scenario` (overrides model/dataset/checkpoint) |
@@ -293,7 +304,9 @@ class DataAwarePruneEnv(gym.Env):
             )
 
         self._static = self._static_features()
-        names = {"layer": LAYER_FEATURES, "budget": BUDGET_FEATURES, "data": list(self.data_features.feature_names)}
+        data_names = list(self.data_features.feature_names)
+        names = {"layer": LAYER_FEATURES, "budget": BUDGET_FEATURES, "data": data_names,
+                 "data_relative": [f"rel_{n}" for n in data_names], "sensitivity": SENSITIVITY_FEATURES}
         self.feature_names = [n for part in self._parts for n in names[part]]
         self.action_space = spaces.Box(-1.0, 1.0, (1,), dtype=np.float32)
         if observation_mode == "flat":
@@ -358,7 +371,8 @@ class DataAwarePruneEnv(gym.Env):
         return self.backend.base_model()
 
     # -- features -------------------------------------------------------------------------------
-    def _static_features(self) -> np.ndarray:
+    def _static_features(self) -> dict[str, np.ndarray]:
+        """Per part, the features of every group that do not change during an episode ([groups, k])."""
         g = self.groups
         wmax = float(max(max(x.channels, x.in_channels) for x in g))
         size = float(self.scenario.example_inputs.shape[-1])
@@ -372,9 +386,14 @@ class DataAwarePruneEnv(gym.Env):
                 x.channels / wmax, x.in_channels / wmax, min(1.0, x.kernel_size / 7.0), min(1.0, x.stride / 2.0),
                 min(1.0, x.feature_size / size), macs[i] / max(1.0, macs.sum()), min(1.0, float(share[i])),
             ])
-        layer = np.asarray(rows, dtype=np.float32)
-        data = self.data_features.normalised()
-        return np.concatenate([layer, data], axis=1).astype(np.float32)
+        out = {"layer": np.asarray(rows, dtype=np.float32)}
+        if "data" in self._parts:
+            out["data"] = self.data_features.normalised()
+        if "data_relative" in self._parts:
+            out["data_relative"] = self.data_features.relative()
+        if "sensitivity" in self._parts:  # measured once per scenario and settings (cached)
+            out["sensitivity"] = group_sensitivity(self.backend)
+        return out
 
     def _update_wall(self) -> None:
         """The action wall of the current step (AMC): the most the group may keep within budget."""
@@ -399,9 +418,7 @@ class DataAwarePruneEnv(gym.Env):
             min_ratio / max(self.max_prune_ratio, 1e-9),
         ], dtype=np.float32)
         budget = np.clip(budget, 0.0, 1.0)
-        static = self._static[t]
-        n_layer = len(LAYER_FEATURES)
-        parts = {"layer": static[:n_layer], "budget": budget, "data": static[n_layer:]}
+        parts = {part: (budget if part == "budget" else self._static[part][t]) for part in self._parts}
         if self.observation_mode == "dict":
             return {part: parts[part].copy() for part in self._parts}
         return np.concatenate([parts[part] for part in self._parts]).astype(np.float32)

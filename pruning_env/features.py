@@ -42,6 +42,33 @@ class DataFeatures:
         span = np.maximum(self.high - self.low, 1e-12)
         return np.clip((self.features - self.low) / span, 0.0, 1.0).astype(np.float32)
 
+    def relative(self) -> np.ndarray:
+        """Each feature as the group's rank among the network's groups, in ``[0, 1]``.
+
+        0 is the group with the lowest value in this network, 1 the highest; ties share their mean
+        rank, and a feature equal in every group (or a single group) is 0.5. Ranks say how a group
+        compares with the rest of *this* network, which absolute values do not: an attention mean of
+        0.4 is high in one network and low in another. Ranks depend only on the order, so they are
+        the same whatever the features' scale.
+        """
+        x = np.asarray(self.features, dtype=np.float64)
+        n = x.shape[0]
+        out = np.full(x.shape, 0.5, dtype=np.float64)
+        if n < 2:
+            return out.astype(np.float32)
+        for j in range(x.shape[1]):
+            col = x[:, j]
+            if np.ptp(col) <= 1e-12 * max(1.0, float(np.abs(col).max())):
+                continue
+            order = np.argsort(col, kind="stable")
+            ranks = np.empty(n, dtype=np.float64)
+            ranks[order] = np.arange(n, dtype=np.float64)
+            for v in np.unique(col):  # ties: mean rank
+                tie = col == v
+                ranks[tie] = ranks[tie].mean()
+            out[:, j] = ranks / (n - 1)
+        return out.astype(np.float32)
+
 
 def _stats_from_scores(scores: dict[str, torch.Tensor]) -> GateStats:
     mean = {}

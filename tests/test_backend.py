@@ -147,3 +147,28 @@ def test_behaviour_record_names_what_results_depend_on(backend):
     assert rec["behaviour"] == pruning_env.backend.BEHAVIOUR
     assert rec["scoring"].startswith("attention") and rec["latency_table_format"] >= 2
     assert json.loads(json.dumps(backend.describe()))["behaviour"] == rec["behaviour"]
+
+
+def test_accuracy_of_a_plan_matches_the_evaluation_without_recovery_steps(backend):
+    kept = backend.kept_for_ratios([0.5] * backend.n_groups)
+    assert backend.config.finetune_steps == 0
+    assert backend.accuracy(kept) == backend.evaluate(kept).metrics.accuracy
+
+
+def test_sensitivity_scan_prices_each_group_alone(backend, monkeypatch, tmp_path):
+    from pruning_env.sensitivity import SENSITIVITY_LEVELS, group_sensitivity
+
+    monkeypatch.setenv("PRUNING_ENV_CACHE", str(tmp_path))
+    drops = group_sensitivity(backend)
+    assert drops.shape == (backend.n_groups, len(SENSITIVITY_LEVELS)) and drops.dtype == np.float32
+    i = int(np.argmax(drops[:, -1]))  # the most sensitive group, pruned as far as allowed
+    kept = backend.channels.copy()
+    kept[i] = backend.keep_for_ratio(i, backend.config.max_prune_ratio)
+    acc = backend.accuracy(kept)
+    assert drops[i, -1] == pytest.approx((backend.base_accuracy - acc) / backend.base_accuracy, abs=1e-6)
+    assert drops[i, -1] > 0
+    assert len(list((tmp_path / "sensitivity").glob("*.json"))) == 1
+    calls = []
+    monkeypatch.setattr(type(backend), "accuracy", lambda self, *a, **k: calls.append(a) or 0.0)
+    np.testing.assert_array_equal(group_sensitivity(backend), drops)  # from the cache: no evaluation
+    assert calls == []

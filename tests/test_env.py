@@ -160,8 +160,40 @@ def test_observation_ablations_drop_one_part_and_keep_the_episode(features, kept
     d = gym.make("DataAwarePrune-v0", observation_features=features, observation_mode="dict")
     obs, _ = d.reset(seed=0)
     assert set(obs) == ({"layer", "budget"} if features == "no_data" else {"budget", "data"})
-    with pytest.raises(ValueError, match="observation_features must be one of all, no_data, data_only"):
+    with pytest.raises(ValueError, match="observation_features must be one of all, no_data, data_only, relative"):
         gym.make("DataAwarePrune-v0", observation_features="none")
+
+
+def test_relative_and_sensitivity_observations_change_the_features_not_the_episode() -> None:
+    """``relative`` replaces the data features by their ranks among the groups; ``sensitivity`` appends the
+    measured accuracy drops of each group pruned alone. Plans and rewards are those of the full env."""
+    full = gym.make("DataAwarePrune-v0")
+    rel = gym.make("DataAwarePrune-v0", observation_features="relative")
+    sens = gym.make("DataAwarePrune-v0", observation_features="sensitivity")
+    for e in (rel, sens):
+        gym_check_env(e.unwrapped, skip_render_check=True)
+    names = full.unwrapped.feature_names
+    assert rel.unwrapped.feature_names == names[:16] + [f"rel_{n}" for n in names[16:]]
+    assert sens.unwrapped.feature_names == names + ["sens_33", "sens_67", "sens_100"]
+    n = full.unwrapped.n_groups
+    obs = [e.reset(seed=2)[0] for e in (full, rel, sens)]
+    rows = []
+    for step in range(n):
+        f_obs, r_obs, s_obs = obs
+        np.testing.assert_array_equal(r_obs[:16], f_obs[:16])
+        np.testing.assert_array_equal(s_obs[:32], f_obs)
+        rows.append((f_obs[16:], r_obs[16:], s_obs[32:]))
+        action = np.array([0.5 - 0.3 * step], dtype=np.float32)
+        out = [e.step(action) for e in (full, rel, sens)]
+        obs = [o[0] for o in out]
+    assert out[0][1] == out[1][1] == out[2][1]
+    absolute, ranks, drops = (np.stack(x) for x in zip(*rows))
+    # ranks keep the order of every feature across the groups, spread over [0, 1]
+    for j in range(absolute.shape[1]):
+        a, r = absolute[:, j], ranks[:, j]
+        assert np.all(np.sign(a[:, None] - a[None, :]) == np.sign(r[:, None] - r[None, :]))
+        assert (r.min(), r.max()) == ((0.0, 1.0) if np.ptp(a) > 0 else (0.5, 0.5))
+    assert drops.shape == (n, 3) and ((drops >= 0) & (drops <= 1)).all() and drops[:, 2].max() > 0
 
 
 @pytest.mark.parametrize("target", [0.0, 1.5, -0.2])

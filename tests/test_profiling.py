@@ -184,3 +184,13 @@ def test_same_model_different_data_gives_different_profiles(small, digits, share
     # a second profile of the same data is identical (deterministic calibration batches)
     again = profile_groups(model, graph, digits, num_batches=4, cache=False)
     np.testing.assert_array_equal(again.features, pd.features)
+
+
+def test_relative_features_are_ranks_among_the_groups_with_ties_shared():
+    from pruning_env.features import DataFeatures
+
+    f = np.array([[1.0, 5.0, 2.0], [3.0, 5.0, 2.0], [3.0, 5.0, 1.0]], dtype=np.float32)
+    df = DataFeatures(scores={}, features=f, feature_names=["a", "b", "c"], low=np.zeros(3), high=np.ones(3) * 5)
+    np.testing.assert_allclose(df.relative(), [[0.0, 0.5, 0.75], [0.75, 0.5, 0.75], [0.75, 0.5, 0.0]])
+    one = DataFeatures(scores={}, features=f[:1], feature_names=["a", "b", "c"], low=np.zeros(3), high=np.ones(3))
+    np.testing.assert_array_equal(one.relative(), [[0.5, 0.5, 0.5]])
