@@ -3,7 +3,13 @@
 Runs the same searches (agent, seed, scenario, episodes) with the environment's full observation and
 with an ablation (``observation_features="no_data"`` by default: layer description and budget only),
 then compares the best reward and the best plan's validation accuracy, mean ± standard error over
-seeds, and says whether the difference is outside two standard errors.
+seeds, and says whether the difference is outside two standard errors. Other observations to compare:
+``--ablations no_data all relative sensitivity`` (the first is the reference).
+
+With ``--finetune-steps N`` each run's best plan is then fine-tuned N SGD steps (lr 0.01, cosine) and
+measured by :func:`agents.finetune.finetune_run`: test accuracy, and speedup timed against the base on
+this machine. Run that part on a quiet machine (latency is timed); the searches resume from their run
+folders, so the same command with ``--finetune-steps`` added after the searches only fine-tunes.
 
     python -m benchmarks.ablation --model resnet20 --dataset cifar10 --adapt-steps 400 \\
         --agents ppo amc --seeds 0 1 2 --episodes 100
@@ -21,6 +27,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from agents.finetune import FinetuneOptions, finetune_run
 from agents.train import TrainOptions, run_search
 
 __all__ = ["parse_args", "run_all", "summarise", "main"]
@@ -39,6 +46,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="observation_features values to compare (the first is the reference)")
     p.add_argument("--env-kwargs", type=json.loads, default={}, help="JSON dict of further environment arguments")
     p.add_argument("--threads", type=int, default=None, help="torch threads of the searches")
+    p.add_argument("--finetune-steps", type=int, default=0,
+                   help="fine-tune each run's best plan this many SGD steps and measure its test accuracy and "
+                        "speedup (0: skip)")
     p.add_argument("--out", default="results/ablation")
     return p.parse_args(argv)
 
@@ -58,11 +68,30 @@ def run_all(a: argparse.Namespace) -> pd.DataFrame:
                                                   tensorboard=False, torch_threads=a.threads))
                 ep = pd.read_csv(Path(a.out) / "runs" / name / "episodes.csv")
                 best = ep.loc[ep["reward"].idxmax()]
-                rows.append({"features": features, "agent": agent, "seed": seed, "episodes": len(ep),
-                             "best_reward": float(summary["best_reward"]), "best_val_accuracy": float(best["accuracy"]),
-                             "best_speedup_table": float(best["speedup"]),
-                             "mean_reward_last_20": float(ep["reward"].tail(20).mean())})
+                row = {"features": features, "agent": agent, "seed": seed, "episodes": len(ep),
+                       "best_reward": float(summary["best_reward"]), "best_val_accuracy": float(best["accuracy"]),
+                       "best_speedup_table": float(best["speedup"]),
+                       "mean_reward_last_20": float(ep["reward"].tail(20).mean())}
+                rows.append(row)
+    if a.finetune_steps > 0:  # after every search, so that no search runs while latency is timed
+        for row in rows:
+            row.update(_finetuned(Path(a.out) / "runs" / f"{a.model}-{row['features']}-{row['agent']}-s{row['seed']}",
+                                  a.finetune_steps))
     return pd.DataFrame(rows)
+
+
+def _finetuned(run: Path, steps: int) -> dict[str, float]:
+    """Test accuracy of the run's best plan after ``steps`` fine-tune steps, and its measured speedup (the
+    run's ``final.json``, reused when it was made with the same steps and the same best plan)."""
+    path = run / "final.json"
+    final = json.loads(path.read_text()) if path.exists() else None
+    best = json.loads((run / "best_plan.json").read_text())
+    if final is None or final["options"].get("max_steps") != steps or final.get("plan_keep") != best.get("keep"):
+        final = finetune_run(FinetuneOptions(run=str(run), epochs=steps, max_steps=steps, onnx=False, progress=False))
+        final["plan_keep"] = best.get("keep")
+        path.write_text(json.dumps(final, indent=2, default=str))
+    return {"finetune_steps": steps, "base_test_accuracy": final["base"]["test_accuracy"],
+            "test_accuracy": final["pruned"]["test_accuracy"], "speedup_measured": final["speedup_measured"]}
 
 
 def _se(x: pd.Series) -> float:
@@ -70,8 +99,10 @@ def _se(x: pd.Series) -> float:
 
 
 def summarise(df: pd.DataFrame, reference: str) -> list[str]:
-    lines = ["| agent | observation | n | best reward | best plan's val accuracy | last-20 mean reward |",
-             "|---|---|---|---|---|---|"]
+    tuned = "test_accuracy" in df
+    lines = ["| agent | observation | n | best reward | best plan's val accuracy | last-20 mean reward |"
+             + (" test accuracy after fine-tune | measured speedup |" if tuned else ""),
+             "|---|---|---|---|---|---|" + ("---|---|" if tuned else "")]
     verdict = []
     for agent, d in df.groupby("agent", sort=False):
         stats = {}
@@ -80,7 +111,10 @@ def summarise(df: pd.DataFrame, reference: str) -> list[str]:
             lines.append(f"| {agent} | {features} | {len(e)} | {e['best_reward'].mean():.4f} ± "
                          f"{_se(e['best_reward']):.4f} "
                          f"| {100 * e['best_val_accuracy'].mean():.2f}% ± {100 * _se(e['best_val_accuracy']):.2f} "
-                         f"| {e['mean_reward_last_20'].mean():.4f} ± {_se(e['mean_reward_last_20']):.4f} |")
+                         f"| {e['mean_reward_last_20'].mean():.4f} ± {_se(e['mean_reward_last_20']):.4f} |"
+                         + (f" {100 * e['test_accuracy'].mean():.2f}% ± {100 * _se(e['test_accuracy']):.2f} "
+                            f"| {e['speedup_measured'].mean():.2f}x ± {_se(e['speedup_measured']):.2f} |"
+                            if tuned else ""))
         ref = stats.get(reference)
         for features, e in stats.items():
             if features == reference or ref is None:
@@ -90,6 +124,12 @@ def summarise(df: pd.DataFrame, reference: str) -> list[str]:
             where = "outside" if abs(gap) > 2 * se else "inside"
             verdict.append(f"- {agent}: `{reference}` minus `{features}` best reward {gap:+.4f} "
                            f"(2 standard errors {2 * se:.4f}: {where} the noise).")
+            if tuned:
+                gap = ref["test_accuracy"].mean() - e["test_accuracy"].mean()
+                se = math.hypot(_se(ref["test_accuracy"]), _se(e["test_accuracy"]))
+                where = "outside" if abs(gap) > 2 * se else "inside"
+                verdict.append(f"- {agent}: `{reference}` minus `{features}` test accuracy after fine-tune "
+                               f"{100 * gap:+.2f} points (2 standard errors {200 * se:.2f}: {where} the noise).")
     return lines + [""] + verdict
 
 
