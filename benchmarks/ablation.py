@@ -29,6 +29,7 @@ import pandas as pd
 
 from agents.finetune import FinetuneOptions, finetune_run
 from agents.train import TrainOptions, run_search
+from pruning_env.plan import PruningPlan
 
 __all__ = ["parse_args", "run_all", "summarise", "main"]
 
@@ -82,14 +83,12 @@ def run_all(a: argparse.Namespace) -> pd.DataFrame:
 
 def _finetuned(run: Path, steps: int) -> dict[str, float]:
     """Test accuracy of the run's best plan after ``steps`` fine-tune steps, and its measured speedup (the
-    run's ``final.json``, reused when it was made with the same steps and the same best plan)."""
+    run's ``final.json``, reused when it was made with the same steps for the same best plan's widths)."""
     path = run / "final.json"
     final = json.loads(path.read_text()) if path.exists() else None
-    best = json.loads((run / "best_plan.json").read_text())
-    if final is None or final["options"].get("max_steps") != steps or final.get("plan_keep") != best.get("keep"):
+    widths = PruningPlan.load(run / "best_plan.json").ratios()
+    if final is None or final["options"].get("max_steps") != steps or final.get("plan_ratios") != widths:
         final = finetune_run(FinetuneOptions(run=str(run), epochs=steps, max_steps=steps, onnx=False, progress=False))
-        final["plan_keep"] = best.get("keep")
-        path.write_text(json.dumps(final, indent=2, default=str))
     return {"finetune_steps": steps, "base_test_accuracy": final["base"]["test_accuracy"],
             "test_accuracy": final["pruned"]["test_accuracy"], "speedup_measured": final["speedup_measured"]}
 

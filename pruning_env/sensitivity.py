@@ -70,7 +70,7 @@ def group_sensitivity(backend: Any, cache: bool = True) -> np.ndarray:
     cfg = backend.config
     key = stable_hash({
         "version": SENSITIVITY_VERSION, "scenario": backend.scenario.id, "graph": backend.graph.signature,
-        "scoring": scoring_version(cfg.importance), "importance": cfg.importance, "seed": cfg.seed,
+        "scoring": scoring_version(cfg.importance), "seed": cfg.seed,
         "round_to": cfg.round_to, "min_channels": cfg.min_channels, "max_prune_ratio": cfg.max_prune_ratio,
         "bn_batches": cfg.bn_batches, "val_samples": cfg.val_samples, "levels": SENSITIVITY_LEVELS,
     })
