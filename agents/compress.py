@@ -217,6 +217,8 @@ def compress(opts: CompressOptions) -> dict[str, Any]:
     _log(opts, f"scenario {opts.model} / {opts.dataset} (cached phases load from disk)")
     backend = make_backend("DataAwarePrune-v0", **opts.search_env_kwargs())
     sc = backend.scenario
+    if opts.method not in BASELINES and opts.plan is None:
+        _check_reach(opts, backend)
 
     # 1. the plan
     plan_path = job / "plan.json"
@@ -324,6 +326,18 @@ def compress(opts: CompressOptions) -> dict[str, Any]:
         raise RuntimeError(f"ONNX export differs from PyTorch by {check['max_abs_diff']:.2e}")
     _log(opts, f"done: {job / 'report.md'}")
     return final
+
+
+def _check_reach(opts: CompressOptions, backend: Any) -> None:
+    """A search needs a target its action space can reach: say so before any episode, and how to widen it."""
+    reach = backend.base_cost / backend.cost(backend.min_keep)
+    if reach < opts.speedup * (1 - 1e-9):
+        cfg = backend.config
+        raise ValueError(
+            f"--speedup {opts.speedup:g} is out of the search's reach on {opts.model}: pruning every group as far "
+            f"as allowed (max_prune_ratio={cfg.max_prune_ratio}, widths in multiples of round_to={cfg.round_to}) "
+            f"predicts {reach:.2f}x. Ask for at most {reach:.2f}x, or allow more pruning, e.g. "
+            f"--env-kwargs '{{\"max_prune_ratio\": 0.9, \"round_to\": 4}}' (ResNet-56 reaches 3x that way).")
 
 
 def _uniform_kept(backend: Any, kept: list[int]) -> np.ndarray:

@@ -83,6 +83,13 @@ def test_bad_requests_say_what_to_do(tmp_path):
         compress(CompressOptions(model="nope:", out=str(tmp_path), method="uniform"))
 
 
+def test_a_speedup_beyond_the_search_s_reach_is_refused_before_searching(tmp_path, checkpoint):
+    with pytest.raises(ValueError, match=r"out of the search's reach.*predicts .*x.*round_to"):
+        compress(_opts(tmp_path, checkpoint, method="random", speedup=50.0, episodes=2))
+    job = tmp_path / "plain_cnn-digits-50x-random-s0"
+    assert job.is_dir() and not (job / "plan.json").exists() and not (job / "search").exists()
+
+
 def test_pareto_benchmark_tables_every_method_over_seeds(tmp_path, checkpoint):
     from benchmarks.pareto import main as pareto
 

@@ -203,7 +203,7 @@ def test_target_out_of_range_is_refused(target: float) -> None:
 
 
 def test_unreachable_target_is_refused_with_the_reachable_floor() -> None:
-    with pytest.raises(ValueError, match="cannot be met.*Raise target_latency or max_prune_ratio"):
+    with pytest.raises(ValueError, match="cannot be met.*Raise target_latency or max_prune_ratio, or lower round_to=8"):
         gym.make("DataAwarePrune-v0", target_latency=0.05, max_prune_ratio=0.3)
 
 
