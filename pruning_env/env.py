@@ -300,8 +300,8 @@ class DataAwarePruneEnv(gym.Env):
             raise ValueError(
                 f"target_latency={self.target_fraction} cannot be met: pruning every group at max_prune_ratio="
                 f"{self.max_prune_ratio} reaches only {floor / self.base_cost:.3f} of the base "
-                f"{'MACs' if self.latency_mode == 'macs' else 'latency'}. Raise target_latency or max_prune_ratio, or lower "
-                f"round_to={b.config.round_to} (a group keeps at least round_to channels)."
+                f"{'MACs' if self.latency_mode == 'macs' else 'latency'}. Raise target_latency or max_prune_ratio, "
+                f"or lower round_to={b.config.round_to} (a group keeps at least round_to channels)."
             )
 
         self._static = self._static_features()
