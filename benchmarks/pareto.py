@@ -45,6 +45,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--methods", nargs="+", default=["ppo", "uniform", "global-magnitude", "global-lamp"])
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--episodes", type=int, default=100, help="search episodes of the agents")
+    p.add_argument("--recovery-steps", type=int, default=CompressOptions.recovery_steps,
+                   help="SGD steps each search episode fine-tunes a plan before scoring it (0: BN recalibration)")
     p.add_argument("--epochs", type=int, default=1, help="fine-tune epochs of every job")
     p.add_argument("--max-steps", type=int, default=None, help="cap on fine-tune steps of every job")
     p.add_argument("--lr", type=float, default=0.01)
@@ -70,8 +72,8 @@ def run_jobs(a: argparse.Namespace) -> pd.DataFrame:
             for seed in a.seeds:
                 opts = CompressOptions(
                     model=a.model, dataset=a.dataset, checkpoint=a.checkpoint, adapt_steps=a.adapt_steps,
-                    speedup=speedup, method=method, episodes=a.episodes, seed=seed, epochs=a.epochs,
-                    max_steps=a.max_steps, lr=a.lr, kd_weight=a.kd_weight, env_kwargs=a.env_kwargs,
+                    speedup=speedup, method=method, episodes=a.episodes, recovery_steps=a.recovery_steps, seed=seed,
+                    epochs=a.epochs, max_steps=a.max_steps, lr=a.lr, kd_weight=a.kd_weight, env_kwargs=a.env_kwargs,
                     out=str(Path(a.out) / "jobs"), name=f"{speedup:g}x-{method}-s{seed}",
                     latency_rounds=a.latency_rounds, onnx=False, progress=a.progress,
                     plan=first if method in BASELINES else None)

@@ -95,8 +95,11 @@ def test_pareto_benchmark_tables_every_method_over_seeds(tmp_path, checkpoint):
 
     argv = ["--model", MODEL, "--checkpoint", str(checkpoint), "--speedups", "1.5", "--methods", "random", "uniform",
             "--seeds", "0", "1", "--episodes", "2", "--epochs", "0", "--latency-rounds", "1", "--out", str(tmp_path),
-            "--no-progress", "--env-kwargs", '{"latency_calibrate": false, "val_samples": 200}']
+            "--no-progress", "--env-kwargs", '{"latency_calibrate": false, "val_samples": 200}',
+            "--recovery-steps", "3"]
     summary = pareto(argv)
+    searched = json.loads((tmp_path / "jobs" / "1.5x-random-s0" / "search" / "config.json").read_text())
+    assert searched["options"]["env_kwargs"]["finetune_steps"] == 3  # the search recovers as asked
     assert sorted(summary["method"]) == ["random", "uniform"] and (summary["n"] == 2).all()
     rows = __import__("pandas").read_csv(tmp_path / "results.csv")
     assert len(rows) == 4 and (rows["speedup_measured"] > 1.0).all()
