@@ -330,7 +330,7 @@ def compress(opts: CompressOptions) -> dict[str, Any]:
 
 def _check_reach(opts: CompressOptions, backend: Any) -> None:
     """A search needs a target its action space can reach: say so before any episode, and how to widen it."""
-    reach = backend.base_cost / backend.cost(backend.min_keep)
+    reach = 1.0 / backend.cost_fraction(backend.min_keep)
     if reach < opts.speedup * (1 - 1e-9):
         cfg = backend.config
         raise ValueError(
