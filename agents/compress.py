@@ -7,14 +7,16 @@ returning an ``nn.Module``, with ``--checkpoint`` for its weights)::
         --method ppo --episodes 200 --epochs 10
 
 ``--method`` is an agent (``ppo``, ``sac``, ``ddpg``, ``amc``, ``random``, ``cem``, ...: a search of
-``--episodes`` episodes on ``DataAwarePrune-v0`` at ``target_latency = 1 / speedup``) or one of the
+``--episodes`` episodes on ``DataAwarePrune-v0`` at ``target_latency = 1 / speedup``, corrected for the
+latency table's bias on this machine by timing a few random plans first: ``target.json``) or one of the
 alternatives a user would try instead (``uniform``, ``global-magnitude``, ``global-lamp``:
 :mod:`agents.global_pruning`), whose prune ratio is matched to the target on *measured* latency.
 
 Stages, each saved in the output folder ``<out>/<name>/`` as it finishes (a rerun of the same command
 skips finished stages and resumes the search and the fine-tune from their checkpoints):
 
-1. ``plan.json``: the plan (``search/`` holds the agent's run folder; ``match.json`` a baseline's match);
+1. ``plan.json``: the plan (``target.json``: a search's target calibrated to measured latency; ``search/``:
+   the agent's run folder; ``plan_source.json``: how the plan was made);
 2. ``finetune/``: per-epoch checkpoints of the fine-tune (:func:`pruning_env.distill.finetune`: SGD, cosine
    schedule, optional distillation from the unpruned model), then ``finetuned.json``;
 3. ``measure.json``: base and pruned latency timed alternately on this machine, in torch and in
@@ -63,11 +65,15 @@ class CompressOptions:
     data_root: str | None = None
     """folder with datasets and pretrained weights"""
     speedup: float = 2.0
-    """measured speedup to reach (the search's target_latency is 1 / speedup)"""
+    """measured speedup to reach (the search's target_latency is 1 / speedup, calibrated: calibrate_plans)"""
     method: str = "ppo"
     """agent (ppo, sac, ddpg, amc, random, cem, ...) or baseline (uniform, global-magnitude, global-lamp)"""
     episodes: int = 100
     """search episodes (agents only)"""
+    calibrate_plans: int = 6
+    """random plans at the target timed against the base before a search, twice, to correct the search's
+    target for the latency table's bias on this machine (target_latency = 1 / (speedup * median of measured /
+    predicted latency)); 0: search at the table's 1 / speedup"""
     recovery_steps: int = 20
     """SGD steps each search episode fine-tunes its plan before scoring it (the environment's
     finetune_steps; 0: BatchNorm recalibration only, which at one target ranks ResNet-20 plans no better
@@ -107,8 +113,10 @@ class CompressOptions:
         model = self.model.replace(":", ".").split(".")[-1]
         return self.name or f"{model}-{Path(self.dataset).name}-{self.speedup:g}x-{self.method}-s{self.seed}"
 
-    def search_env_kwargs(self) -> dict[str, Any]:
-        kw: dict[str, Any] = {"model": self.model, "dataset": self.dataset, "target_latency": 1.0 / self.speedup}
+    def search_env_kwargs(self, target_latency: float | None = None) -> dict[str, Any]:
+        """DataAwarePrune-v0 arguments of the search (``target_latency``: the calibrated one; default 1 / speedup)."""
+        target = 1.0 / self.speedup if target_latency is None else float(target_latency)
+        kw: dict[str, Any] = {"model": self.model, "dataset": self.dataset, "target_latency": target}
         for key in ("checkpoint", "data_root"):
             if getattr(self, key) is not None:
                 kw[key] = getattr(self, key)
@@ -145,15 +153,62 @@ def _check_options(job: Path, opts: CompressOptions) -> None:
 
 
 # -- stage 1: the plan ---------------------------------------------------------------------------------
-def _search_plan(opts: CompressOptions, job: Path, backend: Any) -> tuple[Any, dict[str, Any]]:
+def _random_kept_at(backend: Any, target_cost: float, rng: np.random.Generator) -> np.ndarray:
+    """A random plan that spends the budget: random ratios under AMC's action wall, then groups widened in
+    random order while the predicted cost stays within ``target_cost`` (a search's plans end at the target)."""
+    kept = np.array(backend.min_keep, dtype=np.int64)
+    for g in range(backend.n_groups):
+        want = backend.keep_for_ratio(g, rng.uniform(0.0, backend.config.max_prune_ratio))
+        kept[g] = min(want, backend.max_keep(kept, g, target_cost))
+    for g in rng.permutation(backend.n_groups):
+        for k in reversed(backend.allowed_counts(int(g))):
+            if k <= kept[g]:
+                break
+            trial = kept.copy()
+            trial[g] = k
+            if backend.cost(trial) <= target_cost:
+                kept = trial
+                break
+    return kept
+
+
+def _calibrated_target(opts: CompressOptions, backend: Any) -> dict[str, Any]:
+    """The search's target_latency corrected to measured latency on this machine.
+
+    The search prices plans with the latency table, whose error is a few percent on average and biased
+    one way per network and machine (ResNet-56 plans at the table's 2x timed 7% faster: docs/results.md),
+    while the baselines are matched on measured latency. So before searching: time ``calibrate_plans``
+    random plans at the table's target against the base (alternately, one session), take the median
+    of measured / predicted latency fraction, move the target by it, and do it once more at the moved
+    target (the bias depends on how far the plans prune).
+    """
+    rng = np.random.default_rng(opts.seed)
+    base = backend.graph.model
+    want = 1.0 / opts.speedup
+    target, rounds = want, []
+    for _ in range(2):
+        kept = [_random_kept_at(backend, target * backend.base_cost, rng) for _ in range(opts.calibrate_plans)]
+        models = [backend.prune(backend.plan(k)).eval() for k in kept]
+        stats = backend.measurer.measure_many([base, *models])
+        measured = [s["median_ms"] / stats[0]["median_ms"] for s in stats[1:]]
+        predicted = [backend.cost_fraction(k) for k in kept]
+        ratio = float(np.median(np.divide(measured, predicted)))
+        rounds.append({"table_target": target, "measured_fraction": measured, "predicted_fraction": predicted,
+                       "median_ratio": ratio})
+        target = min(1.0, want / ratio)
+    return {"speedup": opts.speedup, "table_target": target, "table_speedup": 1.0 / target, "rounds": rounds}
+
+
+def _search_plan(opts: CompressOptions, job: Path, target: float) -> tuple[Any, dict[str, Any]]:
     from pruning_env.plan import PruningPlan
 
     summary = run_search(TrainOptions(
         algo=opts.method, env="DataAwarePrune-v0", episodes=opts.episodes, seed=opts.seed,
-        env_kwargs=opts.search_env_kwargs(), run_dir=str(job), name="search", progress=opts.progress,
+        env_kwargs=opts.search_env_kwargs(target), run_dir=str(job), name="search", progress=opts.progress,
         tensorboard=False, checkpoint_every=max(1, min(25, opts.episodes // 4 or 1))))
     plan = PruningPlan.load(job / "search" / "best_plan.json")
-    return plan, {"method": opts.method, "episodes": summary["episodes"], "best_reward": summary["best_reward"]}
+    return plan, {"method": opts.method, "episodes": summary["episodes"], "best_reward": summary["best_reward"],
+                  "target_latency": target}
 
 
 def _baseline_plan(opts: CompressOptions, backend: Any) -> tuple[Any, dict[str, Any]]:
@@ -217,8 +272,25 @@ def compress(opts: CompressOptions) -> dict[str, Any]:
     _log(opts, f"scenario {opts.model} / {opts.dataset} (cached phases load from disk)")
     backend = make_backend("DataAwarePrune-v0", **opts.search_env_kwargs())
     sc = backend.scenario
-    if opts.method not in BASELINES and opts.plan is None:
-        _check_reach(opts, backend)
+    searching = opts.method not in BASELINES and opts.plan is None and not (job / "plan.json").exists()
+    target = 1.0 / opts.speedup
+    if searching:
+        _check_reach(opts, backend, opts.speedup)
+        target_path = job / "target.json"
+        if "target_latency" in opts.env_kwargs:
+            target = float(opts.env_kwargs["target_latency"])
+            _log(opts, f"search target: {target:.3f} of the base latency (given in --env-kwargs, not calibrated)")
+        elif opts.calibrate_plans > 0:
+            if not target_path.exists():
+                _log(opts, f"search target: timing {opts.calibrate_plans} random plans at {opts.speedup:g}x, twice, "
+                     "to correct the latency table's bias on this machine")
+                _write(target_path, _calibrated_target(opts, backend))
+            cal = json.loads(target_path.read_text())
+            target = cal["table_target"]
+            ratios = ", ".join(f"{r['median_ratio']:.3f}" for r in cal["rounds"])
+            _log(opts, f"search target: {cal['table_speedup']:.2f}x on the latency table for {opts.speedup:g}x "
+                 f"measured (median measured / predicted latency of the random plans: {ratios})")
+            _check_reach(opts, backend, cal["table_speedup"])
 
     # 1. the plan
     plan_path = job / "plan.json"
@@ -233,7 +305,7 @@ def compress(opts: CompressOptions) -> dict[str, Any]:
         plan.save(plan_path)
     else:
         _log(opts, f"plan: {'search with ' + opts.method if opts.method not in BASELINES else opts.method}")
-        plan, how = (_baseline_plan(opts, backend) if opts.method in BASELINES else _search_plan(opts, job, backend))
+        plan, how = (_baseline_plan(opts, backend) if opts.method in BASELINES else _search_plan(opts, job, target))
         _write(job / "plan_source.json", how)
         plan.save(plan_path)
     kept = backend.graph.kept_counts(plan)
@@ -328,16 +400,20 @@ def compress(opts: CompressOptions) -> dict[str, Any]:
     return final
 
 
-def _check_reach(opts: CompressOptions, backend: Any) -> None:
-    """A search needs a target its action space can reach: say so before any episode, and how to widen it."""
+def _check_reach(opts: CompressOptions, backend: Any, table_speedup: float) -> None:
+    """A search needs a target its action space can reach: say so before any episode, and how to widen it.
+
+    ``table_speedup`` is the speedup the search asks of the latency table (``--speedup``, or the one the
+    calibration to measured latency moved it to)."""
     reach = 1.0 / backend.cost_fraction(backend.min_keep)
-    if reach < opts.speedup * (1 - 1e-9):
+    if reach < table_speedup * (1 - 1e-9):
         cfg = backend.config
+        moved = "" if table_speedup == opts.speedup else f" ({table_speedup:.2f}x on the table, calibrated)"
         raise ValueError(
-            f"--speedup {opts.speedup:g} is out of the search's reach on {opts.model}: pruning every group as far "
-            f"as allowed (max_prune_ratio={cfg.max_prune_ratio}, widths in multiples of round_to={cfg.round_to}) "
-            f"predicts {reach:.2f}x. Ask for at most {reach:.2f}x, or allow more pruning, e.g. "
-            f"--env-kwargs '{{\"max_prune_ratio\": 0.9, \"round_to\": 4}}' (ResNet-56 reaches 3x that way).")
+            f"--speedup {opts.speedup:g}{moved} is out of the search's reach on {opts.model}: pruning every group "
+            f"as far as allowed (max_prune_ratio={cfg.max_prune_ratio}, widths in multiples of "
+            f"round_to={cfg.round_to}) predicts {reach:.2f}x. Ask for at most {reach:.2f}x, or allow more pruning, "
+            f"e.g. --env-kwargs '{{\"max_prune_ratio\": 0.9, \"round_to\": 4}}' (ResNet-56 reaches 3x that way).")
 
 
 def _uniform_kept(backend: Any, kept: list[int]) -> np.ndarray:

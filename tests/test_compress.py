@@ -35,7 +35,7 @@ def _opts(tmp_path, checkpoint, **kw):
 
 
 def test_compress_a_user_model_with_an_agent_end_to_end(tmp_path, checkpoint):
-    final = compress(_opts(tmp_path, checkpoint, method="random", episodes=4))
+    final = compress(_opts(tmp_path, checkpoint, method="random", episodes=4, calibrate_plans=3))
     job = tmp_path / final["job"]
     for name in ("plan.json", "pruned_model.pt", "pruned_model.onnx", "report.md", "final.json", "measure.json",
                  "plots/widths.png", "plots/search.png", "search/episodes.csv"):
@@ -43,6 +43,16 @@ def test_compress_a_user_model_with_an_agent_end_to_end(tmp_path, checkpoint):
     assert final["export"]["onnx_check"]["matches"] and final["export"]["reload_max_abs_diff"] == 0.0
     searched = json.loads((job / "search" / "config.json").read_text())["env"]
     assert searched["config"]["finetune_steps"] == 20  # the search scores plans after recovery steps
+    # The search's target: the table's 1/1.6 moved by the median measured/predicted latency of random plans
+    # timed at it, twice; the search ran at the moved target.
+    cal = json.loads((job / "target.json").read_text())
+    assert [r["table_target"] for r in cal["rounds"]][0] == pytest.approx(1 / 1.6)
+    assert all(len(r["measured_fraction"]) == 3 and 0 < min(r["measured_fraction"]) for r in cal["rounds"])
+    assert cal["rounds"][1]["table_target"] == pytest.approx(1 / 1.6 / cal["rounds"][0]["median_ratio"])
+    assert cal["table_target"] == pytest.approx(1 / 1.6 / cal["rounds"][1]["median_ratio"])
+    assert searched["target_fraction"] == pytest.approx(cal["table_target"])
+    assert cal["table_target"] != pytest.approx(1 / 1.6, abs=1e-6)
+    assert final["plan_source"]["target_latency"] == cal["table_target"]
     assert final["macs_ratio"] > 1.2 and final["speedup_measured"] > 1.0
     assert final["test_accuracy"] > 0.5 and final["base_test_accuracy"] > 0.9
     model, plan = load_pruned(job / "pruned_model.pt")  # rebuilt from "user_model:plain_cnn" by name
@@ -59,7 +69,7 @@ def test_compress_a_user_model_with_an_agent_end_to_end(tmp_path, checkpoint):
     write_report(job, final)
     # A rerun resumes: every stage is found finished, nothing is recomputed.
     stamp = (job / "finetuned.pt").stat().st_mtime_ns
-    again = compress(_opts(tmp_path, checkpoint, method="random", episodes=4))
+    again = compress(_opts(tmp_path, checkpoint, method="random", episodes=4, calibrate_plans=3))
     assert again["test_accuracy"] == final["test_accuracy"] and (job / "finetuned.pt").stat().st_mtime_ns == stamp
     with pytest.raises(ValueError, match="other options"):
         compress(_opts(tmp_path, checkpoint, method="random", episodes=4, lr=0.5))
