@@ -7,16 +7,16 @@ returning an ``nn.Module``, with ``--checkpoint`` for its weights)::
         --method ppo --episodes 200 --epochs 10
 
 ``--method`` is an agent (``ppo``, ``sac``, ``ddpg``, ``amc``, ``random``, ``cem``, ...: a search of
-``--episodes`` episodes on ``DataAwarePrune-v0`` at ``target_latency = 1 / speedup``, corrected for the
-latency table's bias on this machine by timing a few random plans first: ``target.json``) or one of the
+``--episodes`` episodes on ``DataAwarePrune-v0`` at ``target_latency = 1 / speedup`` on the latency table,
+then fitted to the target on measured latency) or one of the
 alternatives a user would try instead (``uniform``, ``global-magnitude``, ``global-lamp``:
 :mod:`agents.global_pruning`), whose prune ratio is matched to the target on *measured* latency.
 
 Stages, each saved in the output folder ``<out>/<name>/`` as it finishes (a rerun of the same command
 skips finished stages and resumes the search and the fine-tune from their checkpoints):
 
-1. ``plan.json``: the plan (``target.json``: a search's target calibrated to measured latency; ``search/``:
-   the agent's run folder; ``plan_source.json``: how the plan was made);
+1. ``plan.json``: the plan (``search/``: the agent's run folder; ``plan_source.json``: how the plan was
+   made, with the searched plan's widths and its fit to measured latency);
 2. ``finetune/``: per-epoch checkpoints of the fine-tune (:func:`pruning_env.distill.finetune`: SGD, cosine
    schedule, optional distillation from the unpruned model), then ``finetuned.json``;
 3. ``measure.json``: base and pruned latency timed alternately on this machine, in torch and in
@@ -41,6 +41,7 @@ import torch
 from pruning_env.measure import MISS_TOLERANCE
 
 from .finetune import measure_speedup, model_outputs, onnx_check
+from .global_pruning import TargetNotReached
 from .train import TrainOptions, build_parser, options_from_args, run_metadata, run_search, seed_everything
 
 __all__ = ["CompressOptions", "BASELINES", "compress", "main"]
@@ -65,15 +66,15 @@ class CompressOptions:
     data_root: str | None = None
     """folder with datasets and pretrained weights"""
     speedup: float = 2.0
-    """measured speedup to reach (the search's target_latency is 1 / speedup, calibrated: calibrate_plans)"""
+    """measured speedup to reach (the search's target_latency is 1 / speedup; then fit_measured)"""
     method: str = "ppo"
     """agent (ppo, sac, ddpg, amc, random, cem, ...) or baseline (uniform, global-magnitude, global-lamp)"""
     episodes: int = 100
     """search episodes (agents only)"""
-    calibrate_plans: int = 8
-    """random plans timed against the base before a search, at the table's target and at the target moved
-    by their bias, to correct the search's target for the latency table's bias on this machine
-    (target_latency = 1 / (speedup * median of measured / predicted latency)); 0: the table's 1 / speedup"""
+    fit_measured: bool = True
+    """fit the searched plan to the target on measured latency, as the baselines are matched: scale its
+    per-group prune ratios by one factor, the smallest that meets the target when timed (the latency table's
+    error is plan-specific: searched ResNet-56 plans at its 2x timed 2.07-2.63x); off: the plan as searched"""
     recovery_steps: int = 20
     """SGD steps each search episode fine-tunes its plan before scoring it (the environment's
     finetune_steps; 0: BatchNorm recalibration only, which at one target ranks ResNet-20 plans no better
@@ -113,10 +114,8 @@ class CompressOptions:
         model = self.model.replace(":", ".").split(".")[-1]
         return self.name or f"{model}-{Path(self.dataset).name}-{self.speedup:g}x-{self.method}-s{self.seed}"
 
-    def search_env_kwargs(self, target_latency: float | None = None) -> dict[str, Any]:
-        """DataAwarePrune-v0 arguments of the search (``target_latency``: the calibrated one; default 1 / speedup)."""
-        target = 1.0 / self.speedup if target_latency is None else float(target_latency)
-        kw: dict[str, Any] = {"model": self.model, "dataset": self.dataset, "target_latency": target}
+    def search_env_kwargs(self) -> dict[str, Any]:
+        kw: dict[str, Any] = {"model": self.model, "dataset": self.dataset, "target_latency": 1.0 / self.speedup}
         for key in ("checkpoint", "data_root"):
             if getattr(self, key) is not None:
                 kw[key] = getattr(self, key)
@@ -153,70 +152,37 @@ def _check_options(job: Path, opts: CompressOptions) -> None:
 
 
 # -- stage 1: the plan ---------------------------------------------------------------------------------
-def _random_kept_at(backend: Any, target_cost: float, rng: np.random.Generator) -> np.ndarray:
-    """A random plan that spends the budget: random ratios under AMC's action wall, then groups widened in
-    random order while the predicted cost stays within ``target_cost`` (a search's plans end at the target)."""
-    kept = np.array(backend.min_keep, dtype=np.int64)
-    for g in range(backend.n_groups):
-        want = backend.keep_for_ratio(g, rng.uniform(0.0, backend.config.max_prune_ratio))
-        kept[g] = min(want, backend.max_keep(kept, g, target_cost))
-    for g in rng.permutation(backend.n_groups):
-        for k in reversed(backend.allowed_counts(int(g))):
-            if k <= kept[g]:
-                break
-            trial = kept.copy()
-            trial[g] = k
-            if backend.cost(trial) <= target_cost:
-                kept = trial
-                break
-    return kept
-
-
-def _calibrated_target(opts: CompressOptions, backend: Any) -> dict[str, Any]:
-    """The search's target_latency corrected to measured latency on this machine.
-
-    The search prices plans with the latency table, whose error is a few percent on average and biased
-    one way per network and machine (ResNet-56 plans at the table's 2x timed 7% faster: docs/results.md),
-    while the baselines are matched on measured latency. So before searching: time ``calibrate_plans``
-    random plans that spend the table's budget against the base (alternately, one session) and take the
-    median measured / predicted latency fraction; time as many again at the target moved by it (the bias
-    depends on how far plans prune); the search's target is ``1 / speedup`` over the median ratio of all of
-    them (one plan's ratio scatters by a few percent, as much as the bias at 2x: pooling halves the noise).
-    """
-    rng = np.random.default_rng(opts.seed)
-    base = backend.graph.model
-    want = 1.0 / opts.speedup
-    target, rounds, ratios = want, [], []
-    for _ in range(2):
-        kept = [_random_kept_at(backend, target * backend.base_cost, rng) for _ in range(opts.calibrate_plans)]
-        models = [backend.prune(backend.plan(k)).eval() for k in kept]
-        stats = backend.measurer.measure_many([base, *models])
-        measured = [s["median_ms"] / stats[0]["median_ms"] for s in stats[1:]]
-        predicted = [backend.cost_fraction(k) for k in kept]
-        ratios += [m / p for m, p in zip(measured, predicted)]
-        rounds.append({"table_target": target, "measured_fraction": measured, "predicted_fraction": predicted,
-                       "median_ratio": float(np.median([m / p for m, p in zip(measured, predicted)]))})
-        target = min(1.0, want / rounds[-1]["median_ratio"])
-    ratio = float(np.median(ratios))
-    target = min(1.0, want / ratio)
-    return {"speedup": opts.speedup, "median_ratio": ratio, "table_target": target, "table_speedup": 1.0 / target,
-            "rounds": rounds}
-
-
-def _search_plan(opts: CompressOptions, job: Path, target: float) -> tuple[Any, dict[str, Any]]:
+def _search_plan(opts: CompressOptions, job: Path, backend: Any) -> tuple[Any, dict[str, Any]]:
     from pruning_env.plan import PruningPlan
 
     summary = run_search(TrainOptions(
         algo=opts.method, env="DataAwarePrune-v0", episodes=opts.episodes, seed=opts.seed,
-        env_kwargs=opts.search_env_kwargs(target), run_dir=str(job), name="search", progress=opts.progress,
+        env_kwargs=opts.search_env_kwargs(), run_dir=str(job), name="search", progress=opts.progress,
         tensorboard=False, checkpoint_every=max(1, min(25, opts.episodes // 4 or 1))))
     plan = PruningPlan.load(job / "search" / "best_plan.json")
-    return plan, {"method": opts.method, "episodes": summary["episodes"], "best_reward": summary["best_reward"],
-                  "target_latency": target}
+    how = {"method": opts.method, "episodes": summary["episodes"], "best_reward": summary["best_reward"]}
+    if not opts.fit_measured:
+        return plan, how
+    kept = np.asarray(backend.graph.kept_counts(plan), dtype=np.float64)
+    pruned_share = 1.0 - kept / np.asarray(backend.channels, dtype=np.float64)
+
+    def scaled(t: float) -> Any:  # t = 0.5: the searched plan; every group's prune ratio scales with t / 0.5
+        return backend.plan(backend.kept_for_ratios(np.minimum(0.999, pruned_share * t / 0.5)),
+                            meta={"method": opts.method, "scale": t / 0.5})
+
+    _log(opts, "plan: fitting the searched plan to the target on measured latency")
+    try:
+        fitted, t = _match_measured(opts, backend, scaled, 0.5)
+    except TargetNotReached as e:
+        log.warning("the searched plan cannot be fitted to %gx measured (%s); keeping it as searched", opts.speedup, e)
+        return plan, {**how, "fit": f"not reached: {e}"}
+    how.update(searched_kept=[int(k) for k in kept], matched_on="measured latency", scale=t / 0.5,
+               measured_fraction=fitted.meta["match"]["price"])
+    return fitted, how
 
 
 def _baseline_plan(opts: CompressOptions, backend: Any) -> tuple[Any, dict[str, Any]]:
-    from .global_pruning import TargetNotReached, match_target, plan_family, table_price
+    from .global_pruning import match_target, plan_family, table_price
 
     graph, table = backend.graph, backend.table
     # Global pruning progressively (5 steps, at most 90% of a group), as Torch-Pruning's own benchmarks
@@ -227,25 +193,38 @@ def _baseline_plan(opts: CompressOptions, backend: Any) -> tuple[Any, dict[str, 
     # Bracket on the latency table, then match the measured latency near its answer.
     _, r0 = match_target(table_price(graph, table), make, float(table.base_ms) / opts.speedup, grid=12, iters=6)
 
-    def measured_fraction(plan: Any) -> float:  # pruned / base, timed alternately: load hits both alike
-        base_stats, pruned_stats = backend.measurer.measure_many([graph.model, backend.prune(plan).eval()])
+    plan, ratio = _match_measured(opts, backend, make, r0)
+    return plan, {"method": opts.method, "ratio": ratio, "table_ratio": r0, "matched_on": "measured latency",
+                  "measured_fraction": plan.meta["match"]["price"], **kw}  # as matched, not timed again
+
+
+def _match_measured(opts: CompressOptions, backend: Any, make: Any, guess: float) -> tuple[Any, float]:
+    """The smallest ratio of the family ``make`` whose plan meets ``1 / speedup`` of the base latency when
+    timed (base and pruned alternately: load hits both alike), searched near ``guess``."""
+    from .global_pruning import match_target
+
+    def measured_fraction(plan: Any) -> float:
+        base_stats, pruned_stats = backend.measurer.measure_many([backend.graph.model, backend.prune(plan).eval()])
         return pruned_stats["median_ms"] / base_stats["median_ms"]
 
-    # Where the table is far off on this machine (a tiny network whose time is mostly overhead), the
-    # measured answer lies beyond the window: widen it upwards until it is bracketed.
-    lo, hi = max(0.0, r0 - 0.08), min(0.95, r0 + 0.08)
+    # Where the guess is far off on this machine (a tiny network whose time is mostly overhead, a plan the
+    # table misprices), the answer lies beyond the window: widen it until it is bracketed.
+    lo, hi = max(0.0, guess - 0.08), min(0.95, guess + 0.08)
     while True:
         try:
             plan, ratio = match_target(measured_fraction, make, 1.0 / opts.speedup, lo=lo, hi=hi, grid=2, iters=5)
-            break
         except TargetNotReached:
             if hi >= 0.95:
                 raise
             log.info("no ratio in [%.2f, %.2f] meets %.2fx measured; widening to [%.2f, %.2f]", lo, hi, opts.speedup,
                      hi, min(0.95, hi + 2 * (hi - lo)))
             lo, hi = hi, min(0.95, hi + 2 * (hi - lo))
-    return plan, {"method": opts.method, "ratio": ratio, "table_ratio": r0, "matched_on": "measured latency",
-                  "measured_fraction": plan.meta["match"]["price"], **kw}  # as matched, not timed again
+            continue
+        if ratio > lo or lo == 0.0:
+            return plan, ratio
+        log.info("the least pruning in [%.2f, %.2f] already beats %.2fx measured; widening to [%.2f, %.2f]", lo, hi,
+                 opts.speedup, max(0.0, lo - 2 * (hi - lo)), lo)
+        lo, hi = max(0.0, lo - 2 * (hi - lo)), lo
 
 
 # -- the job -------------------------------------------------------------------------------------------
@@ -276,25 +255,8 @@ def compress(opts: CompressOptions) -> dict[str, Any]:
     _log(opts, f"scenario {opts.model} / {opts.dataset} (cached phases load from disk)")
     backend = make_backend("DataAwarePrune-v0", **opts.search_env_kwargs())
     sc = backend.scenario
-    searching = opts.method not in BASELINES and opts.plan is None and not (job / "plan.json").exists()
-    target = 1.0 / opts.speedup
-    if searching:
-        _check_reach(opts, backend, opts.speedup)
-        target_path = job / "target.json"
-        if "target_latency" in opts.env_kwargs:
-            target = float(opts.env_kwargs["target_latency"])
-            _log(opts, f"search target: {target:.3f} of the base latency (given in --env-kwargs, not calibrated)")
-        elif opts.calibrate_plans > 0:
-            if not target_path.exists():
-                _log(opts, f"search target: timing {opts.calibrate_plans} random plans at {opts.speedup:g}x, twice, "
-                     "to correct the latency table's bias on this machine")
-                _write(target_path, _calibrated_target(opts, backend))
-            cal = json.loads(target_path.read_text())
-            target = cal["table_target"]
-            _log(opts, f"search target: {cal['table_speedup']:.2f}x on the latency table for {opts.speedup:g}x "
-                 f"measured (median measured / predicted latency of {2 * opts.calibrate_plans} random plans: "
-                 f"{cal['median_ratio']:.3f})")
-            _check_reach(opts, backend, cal["table_speedup"])
+    if opts.method not in BASELINES and opts.plan is None:
+        _check_reach(opts, backend)
 
     # 1. the plan
     plan_path = job / "plan.json"
@@ -309,7 +271,7 @@ def compress(opts: CompressOptions) -> dict[str, Any]:
         plan.save(plan_path)
     else:
         _log(opts, f"plan: {'search with ' + opts.method if opts.method not in BASELINES else opts.method}")
-        plan, how = (_baseline_plan(opts, backend) if opts.method in BASELINES else _search_plan(opts, job, target))
+        plan, how = (_baseline_plan(opts, backend) if opts.method in BASELINES else _search_plan(opts, job, backend))
         _write(job / "plan_source.json", how)
         plan.save(plan_path)
     kept = backend.graph.kept_counts(plan)
@@ -404,17 +366,13 @@ def compress(opts: CompressOptions) -> dict[str, Any]:
     return final
 
 
-def _check_reach(opts: CompressOptions, backend: Any, table_speedup: float) -> None:
-    """A search needs a target its action space can reach: say so before any episode, and how to widen it.
-
-    ``table_speedup`` is the speedup the search asks of the latency table (``--speedup``, or the one the
-    calibration to measured latency moved it to)."""
+def _check_reach(opts: CompressOptions, backend: Any) -> None:
+    """A search needs a target its action space can reach: say so before any episode, and how to widen it."""
     reach = 1.0 / backend.cost_fraction(backend.min_keep)
-    if reach < table_speedup * (1 - 1e-9):
+    if reach < opts.speedup * (1 - 1e-9):
         cfg = backend.config
-        moved = "" if table_speedup == opts.speedup else f" ({table_speedup:.2f}x on the table, calibrated)"
         raise ValueError(
-            f"--speedup {opts.speedup:g}{moved} is out of the search's reach on {opts.model}: pruning every group "
+            f"--speedup {opts.speedup:g} is out of the search's reach on {opts.model}: pruning every group "
             f"as far as allowed (max_prune_ratio={cfg.max_prune_ratio}, widths in multiples of "
             f"round_to={cfg.round_to}) predicts {reach:.2f}x. Ask for at most {reach:.2f}x, or allow more pruning, "
             f"e.g. --env-kwargs '{{\"max_prune_ratio\": 0.9, \"round_to\": 4}}' (ResNet-56 reaches 3x that way).")

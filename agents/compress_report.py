@@ -76,8 +76,8 @@ def write_report(job: Path, final: dict[str, Any]) -> Path:
         + (f" ({final['plan_source'].get('episodes')} episodes)" if o["method"] not in
            ("uniform", "global-magnitude", "global-lamp") else " (matched on measured latency)")
         + f", target {o['speedup']:g}x measured"
-        + (f" (searched at {1 / final['plan_source']['target_latency']:.2f}x on the latency table, calibrated to "
-           "measured latency: `target.json`)" if final["plan_source"].get("target_latency") else "")
+        + (f" (the searched plan's prune ratios scaled by {final['plan_source']['scale']:.3f} to meet it when "
+           "timed)" if final["plan_source"].get("scale") is not None else "")
         + f"; fine-tune {o['epochs']:g} epochs, lr {o['lr']}, distillation weight {o['kd_weight']}.", "",
         "| | base | pruned |", "|---|---|---|",
         f"| test accuracy | {_pct(final['base_test_accuracy'])} | {_pct(final['test_accuracy'])} "

@@ -47,8 +47,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--episodes", type=int, default=100, help="search episodes of the agents")
     p.add_argument("--recovery-steps", type=int, default=CompressOptions.recovery_steps,
                    help="SGD steps each search episode fine-tunes a plan before scoring it (0: BN recalibration)")
-    p.add_argument("--calibrate-plans", type=int, default=CompressOptions.calibrate_plans,
-                   help="random plans timed to calibrate a search's target to measured latency (0: the table's)")
+    p.add_argument("--no-fit-measured", dest="fit_measured", action="store_false",
+                   help="keep the searched plans as searched (default: fitted to the target on measured latency)")
     p.add_argument("--epochs", type=int, default=1, help="fine-tune epochs of every job")
     p.add_argument("--max-steps", type=int, default=None, help="cap on fine-tune steps of every job")
     p.add_argument("--lr", type=float, default=0.01)
@@ -75,7 +75,7 @@ def run_jobs(a: argparse.Namespace) -> pd.DataFrame:
                 opts = CompressOptions(
                     model=a.model, dataset=a.dataset, checkpoint=a.checkpoint, adapt_steps=a.adapt_steps,
                     speedup=speedup, method=method, episodes=a.episodes, recovery_steps=a.recovery_steps, seed=seed,
-                    calibrate_plans=a.calibrate_plans,
+                    fit_measured=a.fit_measured,
                     epochs=a.epochs, max_steps=a.max_steps, lr=a.lr, kd_weight=a.kd_weight, env_kwargs=a.env_kwargs,
                     out=str(Path(a.out) / "jobs"), name=f"{speedup:g}x-{method}-s{seed}",
                     latency_rounds=a.latency_rounds, onnx=False, progress=a.progress,
@@ -89,8 +89,7 @@ def run_jobs(a: argparse.Namespace) -> pd.DataFrame:
                     "test_accuracy_before_finetune": f["test_accuracy_before_finetune"],
                     "accuracy_change": f["accuracy_change"], "speedup_measured": f["speedup_measured"],
                     "speedup_predicted": f["speedup_predicted"], "macs_ratio": f["macs_ratio"],
-                    "search_table_speedup": 1 / f["plan_source"]["target_latency"]
-                    if f["plan_source"].get("target_latency") else None,
+                    "fit_scale": f["plan_source"].get("scale"),
                     "finetune_steps": f.get("steps"), "job": f["job"],
                 })
     return pd.DataFrame(rows)

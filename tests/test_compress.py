@@ -36,7 +36,7 @@ def _opts(tmp_path, checkpoint, **kw):
 
 
 def test_compress_a_user_model_with_an_agent_end_to_end(tmp_path, checkpoint):
-    final = compress(_opts(tmp_path, checkpoint, method="random", episodes=4, calibrate_plans=3))
+    final = compress(_opts(tmp_path, checkpoint, method="random", episodes=4))
     job = tmp_path / final["job"]
     for name in ("plan.json", "pruned_model.pt", "pruned_model.onnx", "report.md", "final.json", "measure.json",
                  "plots/widths.png", "plots/search.png", "search/episodes.csv"):
@@ -44,19 +44,19 @@ def test_compress_a_user_model_with_an_agent_end_to_end(tmp_path, checkpoint):
     assert final["export"]["onnx_check"]["matches"] and final["export"]["reload_max_abs_diff"] == 0.0
     searched = json.loads((job / "search" / "config.json").read_text())["env"]
     assert searched["config"]["finetune_steps"] == 20  # the search scores plans after recovery steps
-    # The search's target: the table's 1/1.6 moved by the median measured/predicted latency of random plans
-    # timed at it and at the moved target; the search ran at the target moved by all of them.
-    cal = json.loads((job / "target.json").read_text())
-    assert [r["table_target"] for r in cal["rounds"]][0] == pytest.approx(1 / 1.6)
-    assert all(len(r["measured_fraction"]) == 3 and 0 < min(r["measured_fraction"]) for r in cal["rounds"])
-    assert cal["rounds"][1]["table_target"] == pytest.approx(1 / 1.6 / cal["rounds"][0]["median_ratio"])
-    ratios = [m / p for r in cal["rounds"] for m, p in zip(r["measured_fraction"], r["predicted_fraction"])]
-    assert cal["table_target"] == pytest.approx(1 / 1.6 / float(np.median(ratios)))
-    assert searched["target_fraction"] == pytest.approx(cal["table_target"])
-    assert cal["table_target"] != pytest.approx(1 / 1.6, abs=1e-6)
-    assert final["plan_source"]["target_latency"] == cal["table_target"]
+    # The searched plan is fitted to the target on measured latency, as the baselines are matched: every
+    # group's prune ratio scaled by one factor, the smallest that meets 1.6x when timed.
+    source = final["plan_source"]
+    assert source["matched_on"] == "measured latency" and 0.0 < source["scale"] < 1.9
+    assert source["measured_fraction"] <= 1 / 1.6
+    searched = json.loads((job / "search" / "best_plan.json").read_text())
+    assert [len(v) for v in searched["keep"].values()] == source["searched_kept"]
+    kept, before = np.array(final["kept"]), np.array(source["searched_kept"])
+    assert (kept >= before).all() if source["scale"] <= 1 else (kept <= before).all()  # one direction for all
+    assert f"scaled by {source['scale']:.3f} to meet it when timed" in (job / "report.md").read_text()
     assert final["macs_ratio"] > 1.2 and final["speedup_measured"] > 1.0
-    assert final["test_accuracy"] > 0.5 and final["base_test_accuracy"] > 0.9
+    # digits has 10 classes; the fitted plan may prune hard (this tiny network's time is mostly overhead)
+    assert final["test_accuracy"] > 0.3 and final["base_test_accuracy"] > 0.9
     model, plan = load_pruned(job / "pruned_model.pt")  # rebuilt from "user_model:plain_cnn" by name
     assert [int(k) for k in final["kept"]] == [len(v) for v in plan.keep.values()]
     report = (job / "report.md").read_text()
@@ -71,7 +71,7 @@ def test_compress_a_user_model_with_an_agent_end_to_end(tmp_path, checkpoint):
     write_report(job, final)
     # A rerun resumes: every stage is found finished, nothing is recomputed.
     stamp = (job / "finetuned.pt").stat().st_mtime_ns
-    again = compress(_opts(tmp_path, checkpoint, method="random", episodes=4, calibrate_plans=3))
+    again = compress(_opts(tmp_path, checkpoint, method="random", episodes=4))
     assert again["test_accuracy"] == final["test_accuracy"] and (job / "finetuned.pt").stat().st_mtime_ns == stamp
     with pytest.raises(ValueError, match="other options"):
         compress(_opts(tmp_path, checkpoint, method="random", episodes=4, lr=0.5))
