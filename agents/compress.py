@@ -164,11 +164,15 @@ def _search_plan(opts: CompressOptions, job: Path, backend: Any) -> tuple[Any, d
     if not opts.fit_measured:
         return plan, how
     kept = np.asarray(backend.graph.kept_counts(plan), dtype=np.float64)
-    pruned_share = 1.0 - kept / np.asarray(backend.channels, dtype=np.float64)
+    channels = np.asarray(backend.channels, dtype=np.float64)
+    pruned_share = 1.0 - kept / channels
 
     def scaled(t: float) -> Any:  # t = 0.5: the searched plan; every group's prune ratio scales with t / 0.5
-        return backend.plan(backend.kept_for_ratios(np.minimum(0.999, pruned_share * t / 0.5)),
-                            meta={"method": opts.method, "scale": t / 0.5})
+        # nearest allowed width, not the next one up: a 16-channel group at 8 would jump back to 16 at any
+        # scale below 1 (with round_to=8), and the family from ResNet-56's 2.2x to below 2x with it
+        want = channels * (1.0 - np.minimum(1.0, pruned_share * t / 0.5))
+        widths = [min(backend.allowed_counts(g), key=lambda k, w=w: abs(k - w)) for g, w in enumerate(want)]
+        return backend.plan(widths, meta={"method": opts.method, "scale": t / 0.5})
 
     _log(opts, "plan: fitting the searched plan to the target on measured latency")
     try:
