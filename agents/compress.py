@@ -241,7 +241,7 @@ def compress(opts: CompressOptions) -> dict[str, Any]:
     from pruning_env.export import export_onnx, load_pruned, save_pruned
     from pruning_env.measure import LatencyMeasurer, available_backends
     from pruning_env.plan import PruningPlan
-    from pruning_env.train import default_device, evaluate, recalibrate_bn
+    from pruning_env.train import default_device, evaluate, recalibrate_after_finetune, recalibrate_bn
 
     from .protocol import available_agents
 
@@ -299,9 +299,12 @@ def compress(opts: CompressOptions) -> dict[str, Any]:
                                kd_weight=opts.kd_weight, kd_temperature=opts.kd_temperature,
                                batch_size=opts.batch_size, seed=opts.seed, device=device, progress=opts.progress,
                                max_steps=opts.max_steps, checkpoint_dir=job / "finetune")
+            history["bn_recalibrated_after"] = recalibrate_after_finetune(pruned, sc.data.train, history["steps"],
+                                                                         device=device)
         acc_after = evaluate(pruned, sc.data.test, device=device)
         ft = {"test_accuracy_before_finetune": acc_before, "test_accuracy": acc_after,
-              "seconds": history.get("seconds"), "steps": history.get("steps")}
+              "seconds": history.get("seconds"), "steps": history.get("steps"),
+              "bn_recalibrated_after_finetune": history.get("bn_recalibrated_after", False)}
         torch.save({k: v.detach().cpu() for k, v in pruned.state_dict().items()}, done_path)
         _write(job / "finetuned.json", ft)
     pruned = pruned.cpu().eval()

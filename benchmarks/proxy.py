@@ -64,17 +64,15 @@ def measure(backend, rows: list[dict], steps: int, lr: float, seed: int) -> pd.D
     """Fine-tune every plan ``steps`` SGD steps (same seed and data order) and evaluate it on the same
     validation images as the proxy."""
     from pruning_env.distill import finetune
-    from pruning_env.train import evaluate, recalibrate_bn
+    from pruning_env.train import evaluate, recalibrate_after_finetune, recalibrate_bn
 
     sc = backend.scenario
     for row in rows:
         model = backend.prune(backend.plan(row["kept"])).to(backend.device)
         recalibrate_bn(model, sc.data.train, num_batches=2, device=backend.device)
-        finetune(model, sc.data.train, epochs=max(1, -(-steps * 128 // len(sc.data.train))), max_steps=steps,
-                 lr=lr, seed=seed, device=backend.device, progress=False)
-        # the running statistics of augmented training batches are not the clean data's: recalibrate, as the
-        # search's recovery steps and agents.finetune do
-        recalibrate_bn(model, sc.data.train, num_batches=4, device=backend.device)
+        done = finetune(model, sc.data.train, epochs=max(1, -(-steps * 128 // len(sc.data.train))), max_steps=steps,
+                        lr=lr, seed=seed, device=backend.device, progress=False)["steps"]
+        recalibrate_after_finetune(model, sc.data.train, done, device=backend.device)  # as agents.finetune does
         row["finetuned_accuracy"] = evaluate(model, backend.val_data, device=backend.device)
     return pd.DataFrame(rows)
 

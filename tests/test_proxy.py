@@ -13,3 +13,14 @@ def test_proxy_measures_both_accuracies_and_their_rank_correlation(tmp_path, one
     assert df["finetuned_accuracy"].mean() > df["proxy_accuracy"].mean()  # five SGD steps already recover some
     text = (tmp_path / "proxy.md").read_text()
     assert "Rank correlation: Spearman" in text and "5 plans" in text
+
+
+def test_bn_after_finetune_compares_running_and_recalibrated_statistics_per_budget(tmp_path, one_thread, capsys):
+    from benchmarks.bn_after_finetune import main as bn_main
+
+    df = bn_main(["--plans", "1", "--steps", "2", "12", "--out", str(tmp_path), "--env-kwargs", '{"val_samples": 200}'])
+    assert len(set(df["kept"])) == len(df) // 2 and sorted(set(df["steps"])) == [2, 12]  # distinct plans only
+    cols = ["val_running", "test_running", "val_recalibrated", "test_recalibrated"]
+    assert df[cols].apply(lambda c: c.between(0, 1)).all().all()
+    assert (df["test_running"] != df["test_recalibrated"]).any()  # the two statistics are not the same network
+    assert (tmp_path / "bn_after_finetune.csv").exists() and "  12 steps:" in capsys.readouterr().out

@@ -129,3 +129,21 @@ def test_recalibrate_bn_reestimates_statistics_only(digits):
     with torch.no_grad():
         first_conv = model[0](xtr[:400])
     torch.testing.assert_close(model[1].running_mean, first_conv.mean(dim=(0, 2, 3)), rtol=1e-4, atol=1e-5)
+
+
+def test_a_fine_tune_keeps_its_batchnorm_statistics_unless_it_was_short(digits):
+    from pruning_env.train import SHORT_FINETUNE_STEPS, recalibrate_after_finetune
+
+    xtr, ytr, _, _ = digits
+    batches = [(xtr[i : i + 100], ytr[i : i + 100]) for i in range(0, 400, 100)]
+    model = small_cnn()
+    out = train(model, (xtr, ytr), epochs=5, lr=0.05, batch_size=64, device="cpu", progress=False,
+                max_steps=SHORT_FINETUNE_STEPS)
+    stats = {k: v.clone() for k, v in model.state_dict().items() if "running" in k}
+    assert recalibrate_after_finetune(model, batches, out["steps"]) is False  # long enough: its own statistics
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in stats.items())
+    assert recalibrate_after_finetune(model, batches, SHORT_FINETUNE_STEPS - 1) is True
+    assert any(not torch.equal(model.state_dict()[k], v) for k, v in stats.items())
+    with torch.no_grad():
+        first_conv = model[0](xtr[:400])
+    torch.testing.assert_close(model[1].running_mean, first_conv.mean(dim=(0, 2, 3)), rtol=1e-4, atol=1e-5)
