@@ -41,7 +41,7 @@ import torch
 from pruning_env.measure import MISS_TOLERANCE
 
 from .finetune import measure_speedup, model_outputs, onnx_check
-from .global_pruning import TargetNotReached
+from .global_pruning import TargetNotReached, match_target, plan_family, table_price
 from .train import TrainOptions, build_parser, options_from_args, run_metadata, run_search, seed_everything
 
 __all__ = ["CompressOptions", "BASELINES", "compress", "main"]
@@ -186,8 +186,6 @@ def _search_plan(opts: CompressOptions, job: Path, backend: Any) -> tuple[Any, d
 
 
 def _baseline_plan(opts: CompressOptions, backend: Any) -> tuple[Any, dict[str, Any]]:
-    from .global_pruning import match_target, plan_family, table_price
-
     graph, table = backend.graph, backend.table
     # Global pruning progressively (5 steps, at most 90% of a group), as Torch-Pruning's own benchmarks
     # reach a speedup: one-shot global magnitude pruning leaves whole the groups it would empty, and on
@@ -205,8 +203,6 @@ def _baseline_plan(opts: CompressOptions, backend: Any) -> tuple[Any, dict[str, 
 def _match_measured(opts: CompressOptions, backend: Any, make: Any, guess: float) -> tuple[Any, float]:
     """The smallest ratio of the family ``make`` whose plan meets ``1 / speedup`` of the base latency when
     timed (base and pruned alternately: load hits both alike), searched near ``guess``."""
-    from .global_pruning import match_target
-
     def measured_fraction(plan: Any) -> float:
         base_stats, pruned_stats = backend.measurer.measure_many([backend.graph.model, backend.prune(plan).eval()])
         return pruned_stats["median_ms"] / base_stats["median_ms"]

@@ -20,38 +20,29 @@ import json
 import math
 from pathlib import Path
 
-import gymnasium as gym
 import pandas as pd
+
+from .proxy import add_scenario_args, collect_plans, make_env
 
 __all__ = ["parse_args", "main"]
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m benchmarks.bn_after_finetune", description=__doc__.split("\n\n")[0])
-    p.add_argument("--model", default="small_resnet")
-    p.add_argument("--dataset", default="digits")
-    p.add_argument("--adapt-steps", type=int, default=0)
-    p.add_argument("--target", type=float, default=0.5)
+    add_scenario_args(p)
     p.add_argument("--plans", type=int, default=5,
                    help="random episodes (uniform is added; repeated plans are dropped)")
     p.add_argument("--steps", type=int, nargs="+", default=[20, 100, 351], help="fine-tune budgets (SGD steps)")
     p.add_argument("--lr", type=float, default=0.01)
-    p.add_argument("--env-kwargs", type=json.loads, default={}, help="JSON dict of further environment arguments")
     p.add_argument("--out", default="results/bn_after_finetune")
     return p.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> pd.DataFrame:
-    import pruning_env  # noqa: F401  (registers the environments)
     from pruning_env.train import evaluate, recalibrate_bn, train
 
-    from .proxy import collect_plans
-
     a = parse_args(argv)
-    kw = {"model": a.model, "dataset": a.dataset, "target_latency": a.target, **a.env_kwargs}
-    if a.adapt_steps:
-        kw["adapt_steps"] = a.adapt_steps
-    env = gym.make("DataAwarePrune-v0", **kw)
+    env = make_env(a)
     backend = env.unwrapped.backend
     data = backend.scenario.data
     plans, seen = [], set()

@@ -21,20 +21,35 @@ import gymnasium as gym
 import numpy as np
 import pandas as pd
 
-__all__ = ["parse_args", "collect_plans", "measure", "main"]
+__all__ = ["add_scenario_args", "make_env", "parse_args", "collect_plans", "measure", "main"]
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.proxy", description=__doc__.split("\n\n")[0])
+def add_scenario_args(p: argparse.ArgumentParser) -> None:
+    """The scenario and target arguments of the plan-measuring benchmarks (this one, bn_after_finetune)."""
     p.add_argument("--model", default="small_resnet")
     p.add_argument("--dataset", default="digits")
     p.add_argument("--adapt-steps", type=int, default=0)
     p.add_argument("--target", type=float, default=0.5)
+    p.add_argument("--env-kwargs", type=json.loads, default={}, help="JSON dict of further environment arguments")
+
+
+def make_env(a: argparse.Namespace) -> gym.Env:
+    """``DataAwarePrune-v0`` for the arguments of :func:`add_scenario_args`."""
+    import pruning_env  # noqa: F401  (registers the environments)
+
+    kw = {"model": a.model, "dataset": a.dataset, "target_latency": a.target, **a.env_kwargs}
+    if a.adapt_steps:
+        kw["adapt_steps"] = a.adapt_steps
+    return gym.make("DataAwarePrune-v0", **kw)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.proxy", description=__doc__.split("\n\n")[0])
+    add_scenario_args(p)
     p.add_argument("--plans", type=int, default=20, help="random plans (uniform is added)")
     p.add_argument("--steps", type=int, default=100, help="fine-tune steps per plan")
     p.add_argument("--lr", type=float, default=0.01)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--env-kwargs", type=json.loads, default={}, help="JSON dict of further environment arguments")
     p.add_argument("--out", default="results/proxy")
     return p.parse_args(argv)
 
@@ -78,13 +93,8 @@ def measure(backend, rows: list[dict], steps: int, lr: float, seed: int) -> pd.D
 
 
 def main(argv: list[str] | None = None) -> pd.DataFrame:
-    import pruning_env  # noqa: F401  (registers the environments)
-
     a = parse_args(argv)
-    kw = {"model": a.model, "dataset": a.dataset, "target_latency": a.target, **a.env_kwargs}
-    if a.adapt_steps:
-        kw["adapt_steps"] = a.adapt_steps
-    env = gym.make("DataAwarePrune-v0", **kw)
+    env = make_env(a)
     df = measure(env.unwrapped.backend, collect_plans(env, a.plans, a.seed), a.steps, a.lr, a.seed)
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
