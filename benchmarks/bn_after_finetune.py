@@ -2,8 +2,8 @@
 
 Pruned networks get their BatchNorm statistics re-estimated on a few clean training batches after
 surgery (:func:`pruning_env.train.recalibrate_bn`). After a fine-tune the question comes back: the
-running statistics of the fine-tune's augmented batches, or clean ones again? For the distinct plans of
-``--plans`` random episodes and uniform at one target (:func:`benchmarks.proxy.collect_plans`), each
+running statistics of the fine-tune's augmented batches, or clean ones again? For ``--plans`` distinct
+random plans and uniform at one target (:func:`benchmarks.proxy.collect_plans`), each
 fine-tuned ``--steps`` SGD steps as :mod:`agents.finetune` does (lr 0.01 cosine, batch 128, seed 0),
 this script evaluates validation and test accuracy with the running statistics, then after
 recalibrating on 4 batches. :data:`pruning_env.train.SHORT_FINETUNE_STEPS` is set from it.
@@ -45,12 +45,7 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     env = make_env(a)
     backend = env.unwrapped.backend
     data = backend.scenario.data
-    plans, seen = [], set()
-    for row in collect_plans(env, a.plans, seed=0):
-        key = tuple(row["kept"])
-        if key not in seen:
-            seen.add(key)
-            plans.append(row)
+    plans = collect_plans(env, a.plans, seed=0)  # distinct plans
     rows = []
     for plan in plans:
         for steps in a.steps:

@@ -2,8 +2,8 @@
 
 The search scores a plan by its validation accuracy right after surgery and BatchNorm recalibration
 (plus ``finetune_steps`` recovery steps, 0 by default). What a user keeps is the plan's accuracy after
-fine-tuning. Over ``--plans`` plans of one scenario at the same target (random episodes: every plan
-meets the target through the action wall; plus uniform), this script measures both and reports the
+fine-tuning. Over ``--plans`` plans of one scenario at the same target (distinct random episodes: every
+plan meets the target through the action wall; plus uniform), this script measures both and reports the
 rank correlation (Spearman and Kendall) between the proxy and the fine-tuned accuracy.
 
     python -m benchmarks.proxy --model resnet20 --dataset cifar10 --adapt-steps 400 --plans 20 --steps 100
@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import warnings
 from pathlib import Path
 
 import gymnasium as gym
@@ -54,24 +55,38 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def collect_plans(env: gym.Env, n: int, seed: int) -> list[dict]:
-    """``n`` random episodes and the uniform plan: kept widths and the search's proxy accuracy of each."""
+def collect_plans(env: gym.Env, n: int, seed: int, max_tries: int | None = None) -> list[dict]:
+    """``n`` distinct random plans and the uniform plan: kept widths and the search's proxy accuracy of each.
+
+    Random episodes that repeat an earlier plan are dropped and replaced (with coarse widths and the
+    action wall many episodes land on the same plan, and a repeat would count twice in the correlation);
+    after ``max_tries`` episodes (default ``20 * n``) the plans found so far are returned, with a warning.
+    """
     from agents.baselines import UniformAgent
 
     rng = np.random.default_rng(seed)
-    rows = []
-    for i in range(n):
-        env.reset(seed=seed + i)
+    rows, seen, tries = [], set(), 0
+    while len(rows) < n and tries < (max_tries or 20 * n):
+        env.reset(seed=seed + tries)
+        tries += 1
         done = False
         while not done:
             _, reward, done, _, info = env.step(rng.uniform(-1, 1, size=(1,)).astype(np.float32))
-        rows.append({"plan": f"random-{i}", "kept": list(map(int, env.unwrapped.kept)), "proxy_accuracy":
-                     info["accuracy"], "reward": reward, "speedup_table": info["speedup"]})
+        kept = tuple(map(int, env.unwrapped.kept))
+        if kept in seen:
+            continue
+        seen.add(kept)
+        rows.append({"plan": f"random-{len(rows)}", "kept": list(kept), "proxy_accuracy": info["accuracy"],
+                     "reward": reward, "speedup_table": info["speedup"]})
+    if len(rows) < n:
+        warnings.warn(f"only {len(rows)} distinct plans in {tries} random episodes (asked for {n}): this scenario "
+                      "allows few plans at its target", stacklevel=2)
     env.reset(seed=seed)
     for action in UniformAgent(env, seed=seed).actions:  # the smallest uniform ratio that meets the target
         _, reward, done, _, info = env.step(np.array([action], dtype=np.float32))
-    rows.append({"plan": "uniform", "kept": list(map(int, env.unwrapped.kept)), "proxy_accuracy": info["accuracy"],
-                 "reward": reward, "speedup_table": info["speedup"]})
+    if tuple(map(int, env.unwrapped.kept)) not in seen:
+        rows.append({"plan": "uniform", "kept": list(map(int, env.unwrapped.kept)), "proxy_accuracy": info["accuracy"],
+                     "reward": reward, "speedup_table": info["speedup"]})
     return rows
 
 
