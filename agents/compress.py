@@ -11,6 +11,9 @@ returning an ``nn.Module``, with ``--checkpoint`` for its weights)::
 then fitted to the target on measured latency) or one of the
 alternatives a user would try instead (``uniform``, ``global-magnitude``, ``global-lamp``:
 :mod:`agents.global_pruning`), whose prune ratio is matched to the target on *measured* latency.
+``--method cem --start-from global-magnitude`` searches around what a user would do instead: the
+cross-entropy search starts at Torch-Pruning's global plan at the target (on the latency table), plays
+it first, and keeps it unless it scores a better plan.
 
 Stages, each saved in the output folder ``<out>/<name>/`` as it finishes (a rerun of the same command
 skips finished stages and resumes the search and the fine-tune from their checkpoints):
@@ -79,6 +82,13 @@ class CompressOptions:
     """SGD steps each search episode fine-tunes its plan before scoring it (the environment's
     finetune_steps; 0: BatchNorm recalibration only, which at one target ranks ResNet-20 plans no better
     than chance, docs/results.md)"""
+    start_from: str | None = None
+    """start the search from this plan: a baseline (uniform, global-magnitude, global-lamp; matched to the
+    target on the latency table) or a plan JSON; the search explores around it and keeps it if it finds
+    nothing better (method cem only: its mean starts at the plan and its first episode plays it)"""
+    start_std: float = 0.25
+    """with start_from: the search's initial spread around the plan, in action units (1 = half of
+    max_prune_ratio)"""
     plan: str | None = None
     """a plan JSON to use instead of searching or matching (e.g. one baseline match shared by fine-tune seeds)"""
     seed: int = 0
@@ -155,12 +165,20 @@ def _check_options(job: Path, opts: CompressOptions) -> None:
 def _search_plan(opts: CompressOptions, job: Path, backend: Any) -> tuple[Any, dict[str, Any]]:
     from pruning_env.plan import PruningPlan
 
+    hyperparams: dict[str, Any] = {}
+    how: dict[str, Any] = {"method": opts.method}
+    if opts.start_from is not None:
+        start, start_how = _start_plan(opts, backend)
+        hyperparams = {"start_kept": [int(k) for k in backend.graph.kept_counts(start)], "init_std": opts.start_std}
+        how.update(start_from=start_how, start_kept=hyperparams["start_kept"])
+        _log(opts, f"plan: the search starts from {opts.start_from} (table-predicted "
+                   f"{backend.base_cost / backend.cost(hyperparams['start_kept']):.2f}x)")
     summary = run_search(TrainOptions(
         algo=opts.method, env="DataAwarePrune-v0", episodes=opts.episodes, seed=opts.seed,
-        env_kwargs=opts.search_env_kwargs(), run_dir=str(job), name="search", progress=opts.progress,
-        tensorboard=False, checkpoint_every=max(1, min(25, opts.episodes // 4 or 1))))
+        env_kwargs=opts.search_env_kwargs(), hyperparams=hyperparams, run_dir=str(job), name="search",
+        progress=opts.progress, tensorboard=False, checkpoint_every=max(1, min(25, opts.episodes // 4 or 1))))
     plan = PruningPlan.load(job / "search" / "best_plan.json")
-    how = {"method": opts.method, "episodes": summary["episodes"], "best_reward": summary["best_reward"]}
+    how.update(episodes=summary["episodes"], best_reward=summary["best_reward"])
     if not opts.fit_measured:
         return plan, how
     kept = np.asarray(backend.graph.kept_counts(plan), dtype=np.float64)
@@ -185,19 +203,47 @@ def _search_plan(opts: CompressOptions, job: Path, backend: Any) -> tuple[Any, d
     return fitted, how
 
 
-def _baseline_plan(opts: CompressOptions, backend: Any) -> tuple[Any, dict[str, Any]]:
-    graph, table = backend.graph, backend.table
+def _baseline_family(method: str, backend: Any) -> tuple[Any, dict[str, Any]]:
+    """A baseline's plans as a function of its ratio, and the keyword arguments that made them."""
     # Global pruning progressively (5 steps, at most 90% of a group), as Torch-Pruning's own benchmarks
     # reach a speedup: one-shot global magnitude pruning leaves whole the groups it would empty, and on
     # ResNet-56 no one-shot ratio reaches 2x.
-    kw = {"iterative_steps": GLOBAL_STEPS, "max_prune_ratio": 0.9} if opts.method.startswith("global") else {}
-    make = plan_family(graph, opts.method, round_to=backend.config.round_to, **kw)
-    # Bracket on the latency table, then match the measured latency near its answer.
-    _, r0 = match_target(table_price(graph, table), make, float(table.base_ms) / opts.speedup, grid=12, iters=6)
+    kw = {"iterative_steps": GLOBAL_STEPS, "max_prune_ratio": 0.9} if method.startswith("global") else {}
+    return plan_family(backend.graph, method, round_to=backend.config.round_to, **kw), kw
 
+
+def _table_match(method: str, backend: Any, speedup: float) -> tuple[Any, float, dict[str, Any]]:
+    """A baseline's plan at ``speedup`` on the latency table: (plan, ratio, keyword arguments)."""
+    make, kw = _baseline_family(method, backend)
+    plan, ratio = match_target(table_price(backend.graph, backend.table), make, float(backend.table.base_ms) / speedup,
+                               grid=12, iters=6)
+    return plan, ratio, kw
+
+
+def _baseline_plan(opts: CompressOptions, backend: Any) -> tuple[Any, dict[str, Any]]:
+    # Bracket on the latency table, then match the measured latency near its answer.
+    _, r0, kw = _table_match(opts.method, backend, opts.speedup)
+    make, _ = _baseline_family(opts.method, backend)
     plan, ratio = _match_measured(opts, backend, make, r0)
     return plan, {"method": opts.method, "ratio": ratio, "table_ratio": r0, "matched_on": "measured latency",
                   "measured_fraction": plan.meta["match"]["price"], **kw}  # as matched, not timed again
+
+
+def _start_plan(opts: CompressOptions, backend: Any) -> tuple[Any, dict[str, Any]]:
+    """The plan a search starts from (``start_from``): a baseline at the search's target on the table (where
+    the search prices plans too), or a plan file."""
+    from pruning_env.plan import PruningPlan
+
+    if opts.start_from in BASELINES:
+        plan, ratio, kw = _table_match(opts.start_from, backend, opts.speedup)
+        return plan, {"baseline": opts.start_from, "table_ratio": ratio, **kw}
+    path = Path(str(opts.start_from))
+    if not path.is_file():
+        raise ValueError(f"--start-from {opts.start_from!r} is neither a baseline ({', '.join(BASELINES)}) nor a "
+                         f"plan JSON file")
+    plan = PruningPlan.load(path)
+    backend.graph.check_plan(plan)  # made for this network, or a clear error
+    return plan, {"plan_file": str(path)}
 
 
 def _match_measured(opts: CompressOptions, backend: Any, make: Any, guess: float) -> tuple[Any, float]:
@@ -246,6 +292,8 @@ def compress(opts: CompressOptions) -> dict[str, Any]:
     if opts.method not in BASELINES and opts.method not in available_agents():
         raise ValueError(f"unknown method {opts.method!r}; agents: {', '.join(available_agents())}; "
                          f"baselines: {', '.join(BASELINES)}")
+    if opts.start_from is not None and opts.method != "cem":
+        raise ValueError(f"--start-from needs --method cem (the search that starts from a plan), not {opts.method!r}")
     t0 = time.perf_counter()
     job = Path(opts.out) / opts.job_name()
     job.mkdir(parents=True, exist_ok=True)

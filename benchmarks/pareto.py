@@ -49,6 +49,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="SGD steps each search episode fine-tunes a plan before scoring it (0: BN recalibration)")
     p.add_argument("--no-fit-measured", dest="fit_measured", action="store_false",
                    help="keep the searched plans as searched (default: fitted to the target on measured latency)")
+    p.add_argument("--start-from", default=None,
+                   help="cem only: start the search from this baseline's plan (e.g. global-magnitude) or a plan JSON")
+    p.add_argument("--start-std", type=float, default=CompressOptions.start_std,
+                   help="with --start-from: the search's initial spread around the plan, in action units")
     p.add_argument("--epochs", type=int, default=1, help="fine-tune epochs of every job")
     p.add_argument("--max-steps", type=int, default=None, help="cap on fine-tune steps of every job")
     p.add_argument("--lr", type=float, default=0.01)
@@ -71,19 +75,21 @@ def run_jobs(a: argparse.Namespace) -> pd.DataFrame:
     for speedup in a.speedups:
         for method in a.methods:
             first = None
+            start = a.start_from if method == "cem" else None
+            label = method if start is None else f"{method}-from-{Path(start).stem}"
             for seed in a.seeds:
                 opts = CompressOptions(
                     model=a.model, dataset=a.dataset, checkpoint=a.checkpoint, adapt_steps=a.adapt_steps,
                     speedup=speedup, method=method, episodes=a.episodes, recovery_steps=a.recovery_steps, seed=seed,
-                    fit_measured=a.fit_measured,
+                    fit_measured=a.fit_measured, start_from=start, start_std=a.start_std,
                     epochs=a.epochs, max_steps=a.max_steps, lr=a.lr, kd_weight=a.kd_weight, env_kwargs=a.env_kwargs,
-                    out=str(Path(a.out) / "jobs"), name=f"{speedup:g}x-{method}-s{seed}",
+                    out=str(Path(a.out) / "jobs"), name=f"{speedup:g}x-{label}-s{seed}",
                     latency_rounds=a.latency_rounds, onnx=False, progress=a.progress,
                     plan=first if method in BASELINES else None)
                 f = compress(opts)
                 first = first or str(Path(a.out) / "jobs" / f["job"] / "plan.json")
                 rows.append({
-                    "target_speedup": speedup, "method": method, "seed": seed,
+                    "target_speedup": speedup, "method": label, "seed": seed,
                     "kind": "baseline" if method in BASELINES else "agent",
                     "base_test_accuracy": f["base_test_accuracy"], "test_accuracy": f["test_accuracy"],
                     "test_accuracy_before_finetune": f["test_accuracy_before_finetune"],

@@ -18,7 +18,7 @@ import pruning_env.backend
 from agents import Agent, EpisodicAgent, SB3Agent, available_agents, get_agent_class, make_agent, register_agent
 from agents.amc import AMCDDPG, truncated_normal
 from agents.baselines import attention_feature, cost_fraction
-from agents.cem import CEMAgent
+from agents.cem import CEMAgent, actions_for_kept
 from agents.factory import SB3_ALGOS, load_agent, load_hyperparams, resolve_hyperparams
 from agents.finetune import FinetuneOptions, finetune_run
 from agents.train import CSV_COLUMNS, TrainOptions, main, run_search
@@ -216,6 +216,31 @@ def test_cem_runs_generations_and_returns_a_valid_plan(env, tmp_path):
     assert loaded.best_return == best["reward"] and info["plan"].keep == best["plan"].keep  # the best episode's plan
     # and its return: the episode is deterministic (table latency, fixed BN calibration and validation batches)
     assert ret == pytest.approx(best["reward"], rel=1e-9, abs=1e-12)
+
+
+def test_cem_starts_from_a_plan_plays_it_first_and_keeps_it_if_nothing_is_better(env, tmp_path):
+    base = env.unwrapped
+    # a plan within the budget (so the wall leaves it alone): one ratio for all, the first that meets the target
+    target = base.target_cost / base.base_cost
+    ratio = next(r for r in (0.5, 0.6, 0.7, base.max_prune_ratio)
+                 if cost_fraction(env, np.full(base.n_groups, r)) <= target)
+    start = [int(k) for k in base.kept_for_ratios(np.full(base.n_groups, ratio))]
+    mid = actions_for_kept(env, start)
+    for g, a in enumerate(mid):  # the middle of the group's interval: a nudge either way keeps the width
+        for nudge in (-0.02, 0.0, 0.02):
+            ratios = np.zeros(base.n_groups)
+            ratios[g] = base.ratio_for_action(a + nudge)
+            assert base.kept_for_ratios(ratios)[g] == start[g]
+    with pytest.raises(ValueError, match="widths"):
+        actions_for_kept(env, start[:-1])
+    agent = make_agent("cem", env, seed=0, population=3, start_kept=start, init_std=0.3)
+    infos = _collect(agent, 3)
+    first = [len(v) for v in infos[0]["plan"].keep.values()]
+    assert first == start  # the first episode plays the start plan
+    assert [len(v) for v in infos[1]["plan"].keep.values()] != first  # then explores around it
+    assert agent.best_return >= infos[0]["reward"]
+    loaded = CEMAgent.load(agent.save(tmp_path / "cem_start"), env=env)
+    assert loaded.start_kept == start and loaded.generation == 1
 
 
 # -- protocol and registry ---------------------------------------------------------------------------------

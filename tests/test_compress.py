@@ -91,8 +91,25 @@ def test_bad_requests_say_what_to_do(tmp_path):
         compress(CompressOptions(speedup=1.0, out=str(tmp_path)))
     with pytest.raises(ValueError, match="unknown method 'magic'.*baselines: uniform"):
         compress(CompressOptions(method="magic", out=str(tmp_path)))
+    with pytest.raises(ValueError, match="--start-from needs --method cem"):
+        compress(CompressOptions(method="ppo", start_from="global-magnitude", out=str(tmp_path)))
     with pytest.raises(ValueError, match="package.module:function"):
         compress(CompressOptions(model="nope:", out=str(tmp_path), method="uniform"))
+
+
+def test_a_search_started_from_the_global_baseline_plays_it_first(tmp_path, checkpoint):
+    final = compress(_opts(tmp_path, checkpoint, method="cem", episodes=3, epochs=0, start_from="global-magnitude",
+                           recovery_steps=0))
+    job = tmp_path / final["job"]
+    source = final["plan_source"]
+    assert source["start_from"]["baseline"] == "global-magnitude" and source["start_from"]["table_ratio"] > 0
+    rows = __import__("pandas").read_csv(job / "search" / "episodes.csv")
+    channels = np.array(final["channels"])
+    first = channels - np.rint(np.array(json.loads(rows["ratios"][0])) * channels)
+    assert first.astype(int).tolist() == source["start_kept"]  # the search's first episode is the baseline's plan
+    assert source["best_reward"] >= rows["reward"][0]
+    with pytest.raises(ValueError, match="neither a baseline"):
+        compress(_opts(tmp_path, checkpoint, method="cem", start_from="nowhere.json", name="bad"))
 
 
 def test_a_speedup_beyond_the_search_s_reach_is_refused_before_searching(tmp_path, checkpoint):
