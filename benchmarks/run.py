@@ -288,16 +288,21 @@ def _check_base_weights(specs: list[RunSpec]) -> None:
 def run_benchmark(profile: str | Profile, out: str | Path | None = None, seeds: int | None = None,
                   episodes: int | None = None, workers: int = 1, backend: str = "process",
                   agents: list[str] | None = None, scenarios: list[str] | None = None,
-                  transfer_episodes: int | None = None) -> pd.DataFrame:
+                  transfer_episodes: int | None = None, env_kwargs: dict[str, Any] | None = None) -> pd.DataFrame:
     """Run every missing run of ``profile`` and write results, leaderboard and plots; returns the results.
 
     ``transfer_episodes``: deterministic episodes a transferred policy plays (default: the profile's).
+    ``env_kwargs``: environment arguments set in every scenario of the profile (over its own), e.g. another
+    target; runs made with other settings are set aside as stale, so give such a run its own ``out``.
     """
     from .report import write_report
 
     prof = get_profile(profile) if isinstance(profile, str) else profile
     if agents:
         prof = replace(prof, agents=list(agents))
+    if env_kwargs:
+        prof = replace(prof, scenarios=[replace(sc, env_kwargs={**sc.env_kwargs, **env_kwargs})
+                                        for sc in prof.scenarios])
     if scenarios:
         known = [s.name for s in prof.scenarios]
         unknown = sorted(set(scenarios) - set(known))
@@ -355,9 +360,11 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     p.add_argument("--workers", type=int, default=1, help="runs in parallel (processes, or Ray tasks)")
     p.add_argument("--backend", choices=["process", "ray"], default="process")
     p.add_argument("--out", default=None, help="benchmark folder (default results/<profile>)")
+    p.add_argument("--env-kwargs", type=json.loads, default=None,
+                   help='JSON dict of environment arguments set in every scenario, e.g. \'{"target_latency": 0.33}\'')
     a = p.parse_args(argv)
     df = run_benchmark(a.profile, a.out, a.seeds, a.episodes, a.workers, a.backend, a.agents, a.scenarios,
-                       a.transfer_episodes)
+                       a.transfer_episodes, a.env_kwargs)
     board = Path(a.out or Path("results") / a.profile) / "leaderboard.md"
     if board.exists():
         print(board.read_text())

@@ -66,10 +66,9 @@ def test_quick_benchmark_writes_report_and_skips_finished_runs(tmp_path) -> None
     assert sorted(sp["agent"]) == ["random", "uniform"] and (sp["pruned_ms"] > 0).all()
     assert sp["speedup"].median() > 1.2, sp[["agent", "base_ms", "pruned_ms"]]
     assert (tmp_path / "speedups_torch_bs64.csv").exists() and len(summary(sp)) == 2
-    # A run searched with other scenario settings than the profile's now is set aside and searched again.
-    changed = Profile("tiny", [BenchScenario("digits-small_resnet", {"finetune_steps": 2})], agents=["uniform"],
-                      seeds=1, episodes=2, description="test")
-    run_benchmark(changed, out=tmp_path)
+    # A run searched with other scenario settings than now (here set over the profile's with env_kwargs, as
+    # --env-kwargs does) is set aside and searched again.
+    run_benchmark(prof, out=tmp_path, agents=["uniform"], env_kwargs={"finetune_steps": 2})
     config = tmp_path / "runs" / "digits-small_resnet__uniform__0" / "config.json"
     assert json.loads(config.read_text())["options"]["env_kwargs"] == {"finetune_steps": 2}
     # Its test accuracy is that of the network the search scored: after the same 2 recovery steps.
