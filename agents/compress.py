@@ -212,18 +212,16 @@ def _baseline_family(method: str, backend: Any) -> tuple[Any, dict[str, Any]]:
     return plan_family(backend.graph, method, round_to=backend.config.round_to, **kw), kw
 
 
-def _table_match(method: str, backend: Any, speedup: float) -> tuple[Any, float, dict[str, Any]]:
-    """A baseline's plan at ``speedup`` on the latency table: (plan, ratio, keyword arguments)."""
-    make, kw = _baseline_family(method, backend)
-    plan, ratio = match_target(table_price(backend.graph, backend.table), make, float(backend.table.base_ms) / speedup,
-                               grid=12, iters=6)
-    return plan, ratio, kw
+def _table_match(make: Any, backend: Any, speedup: float) -> tuple[Any, float]:
+    """The plan of the family ``make`` at ``speedup`` on the latency table, and its ratio."""
+    return match_target(table_price(backend.graph, backend.table), make, float(backend.table.base_ms) / speedup,
+                        grid=12, iters=6)
 
 
 def _baseline_plan(opts: CompressOptions, backend: Any) -> tuple[Any, dict[str, Any]]:
     # Bracket on the latency table, then match the measured latency near its answer.
-    _, r0, kw = _table_match(opts.method, backend, opts.speedup)
-    make, _ = _baseline_family(opts.method, backend)
+    make, kw = _baseline_family(opts.method, backend)
+    _, r0 = _table_match(make, backend, opts.speedup)
     plan, ratio = _match_measured(opts, backend, make, r0)
     return plan, {"method": opts.method, "ratio": ratio, "table_ratio": r0, "matched_on": "measured latency",
                   "measured_fraction": plan.meta["match"]["price"], **kw}  # as matched, not timed again
@@ -235,7 +233,8 @@ def _start_plan(opts: CompressOptions, backend: Any) -> tuple[Any, dict[str, Any
     from pruning_env.plan import PruningPlan
 
     if opts.start_from in BASELINES:
-        plan, ratio, kw = _table_match(opts.start_from, backend, opts.speedup)
+        make, kw = _baseline_family(opts.start_from, backend)
+        plan, ratio = _table_match(make, backend, opts.speedup)
         return plan, {"baseline": opts.start_from, "table_ratio": ratio, **kw}
     path = Path(str(opts.start_from))
     if not path.is_file():

@@ -31,7 +31,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m benchmarks.bn_after_finetune", description=__doc__.split("\n\n")[0])
     add_scenario_args(p)
     p.add_argument("--plans", type=int, default=5,
-                   help="random episodes (uniform is added; repeated plans are dropped)")
+                   help="distinct random plans (uniform is added unless it repeats one)")
     p.add_argument("--steps", type=int, nargs="+", default=[20, 100, 351], help="fine-tune budgets (SGD steps)")
     p.add_argument("--lr", type=float, default=0.01)
     p.add_argument("--out", default="results/bn_after_finetune")

@@ -84,9 +84,10 @@ def collect_plans(env: gym.Env, n: int, seed: int, max_tries: int | None = None)
     env.reset(seed=seed)
     for action in UniformAgent(env, seed=seed).actions:  # the smallest uniform ratio that meets the target
         _, reward, done, _, info = env.step(np.array([action], dtype=np.float32))
-    if tuple(map(int, env.unwrapped.kept)) not in seen:
-        rows.append({"plan": "uniform", "kept": list(map(int, env.unwrapped.kept)), "proxy_accuracy": info["accuracy"],
-                     "reward": reward, "speedup_table": info["speedup"]})
+    kept = tuple(map(int, env.unwrapped.kept))
+    if kept not in seen:
+        rows.append({"plan": "uniform", "kept": list(kept), "proxy_accuracy": info["accuracy"], "reward": reward,
+                     "speedup_table": info["speedup"]})
     return rows
 
 
