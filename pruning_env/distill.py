@@ -36,11 +36,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import TensorDataset
-from tqdm.auto import tqdm
 
 from .cache import atomic_torch_save, load_weights_only, stable_hash, state_dict_hash
 from .image_dataset import TensorImageDataset
-from .train import build_optimizer, default_device, iter_data, step_budget
+from .train import build_optimizer, default_device, run_steps, step_budget
 
 __all__ = ["finetune", "kd_loss", "CHECKPOINT_FILE"]
 
@@ -276,56 +275,36 @@ def finetune(
                 history = {k: list(v) for k, v in saved["history"].items()}
                 step, epoch, previous_seconds = int(saved["step"]), int(saved["epoch"]), float(saved["seconds"])
                 resumed_from = epoch
-            desc = "distill" if use_teacher else "finetune"
-            with tqdm(total=total, initial=step, disable=not progress, desc=desc) as bar:
-                student.train()
-                while step < total:
-                    loss_sum = correct = seen = 0.0
-                    for x, y in iter_data(source, batch_size, shuffle=True, augment=augment, generator=generator,
-                                          drop_last=drop_last, device=device):
-                        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-                        if use_cl and x.dim() == 4:
-                            x = x.contiguous(memory_format=fmt)
-                        teacher_out = None
-                        with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_amp):
-                            out = student(x)
-                            if use_teacher:
-                                with torch.no_grad():
-                                    teacher_out = teacher(x)
-                        loss = kd_loss(out, y, teacher_out, kd_temperature, kd_weight)
-                        opt.zero_grad(set_to_none=True)
-                        loss.backward()
-                        opt.step()
-                        history["lr"].append(opt.param_groups[0]["lr"])
-                        sched.step()
-                        value = float(loss.detach())
-                        history["loss"].append(value)
-                        loss_sum += value * len(y)
-                        correct += float((out.detach().argmax(1) == y).sum())
-                        seen += len(y)
-                        step += 1
-                        bar.update(1)
-                        if step % 20 == 0:
-                            bar.set_postfix(loss=f"{value:.3f}")
-                        if step >= total:
-                            break
-                    if not seen:
-                        raise ValueError("train_data yielded no batch")
-                    epoch += 1
-                    history["epoch_loss"].append(loss_sum / seen)
-                    history["epoch_accuracy"].append(correct / seen)
-                    if path is not None:
-                        _save_checkpoint(path, {
-                            "format": _FORMAT, "version": _VERSION, "config": config, "initial_hash": initial_hash,
-                            "weights_hash": state_dict_hash(student), "epoch": epoch, "step": step,
-                            "model": {k: v.detach().cpu() for k, v in student.state_dict().items()},
-                            "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                            "generator": generator.get_state(), "torch_rng": torch.get_rng_state(),
-                            "cuda_rng": torch.cuda.get_rng_state(cuda_devices[0]) if cuda_devices else None,
-                            "history": history, "seconds": previous_seconds + time.perf_counter() - start_time,
-                        })
-                    if callback is not None:
-                        callback(epoch, history)
+
+            def loss_of(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+                teacher_out = None
+                with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_amp):
+                    out = student(x)
+                    if use_teacher:
+                        with torch.no_grad():
+                            teacher_out = teacher(x)
+                return out, kd_loss(out, y, teacher_out, kd_temperature, kd_weight)
+
+            def end_of_epoch(step: int) -> None:
+                nonlocal epoch
+                epoch += 1
+                if path is not None:
+                    _save_checkpoint(path, {
+                        "format": _FORMAT, "version": _VERSION, "config": config, "initial_hash": initial_hash,
+                        "weights_hash": state_dict_hash(student), "epoch": epoch, "step": step,
+                        "model": {k: v.detach().cpu() for k, v in student.state_dict().items()},
+                        "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                        "generator": generator.get_state(), "torch_rng": torch.get_rng_state(),
+                        "cuda_rng": torch.cuda.get_rng_state(cuda_devices[0]) if cuda_devices else None,
+                        "history": history, "seconds": previous_seconds + time.perf_counter() - start_time,
+                    })
+                if callback is not None:
+                    callback(epoch, history)
+
+            step = run_steps(student, source, opt, sched, total, loss_of, history, batch_size=batch_size,
+                             generator=generator, drop_last=drop_last, augment=augment, device=device, step=step,
+                             input_format=fmt if use_cl else None, progress=progress,
+                             desc="distill" if use_teacher else "finetune", on_epoch=end_of_epoch)
     finally:
         student.eval()
         if use_cl and not student_cl:

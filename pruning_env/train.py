@@ -13,7 +13,7 @@ import contextlib
 import inspect
 import math
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
@@ -262,6 +262,69 @@ def step_budget(
     return train_data, drop_last, per_epoch, int(total)
 
 
+def run_steps(
+    model: nn.Module,
+    train_data: Any,
+    opt: torch.optim.Optimizer,
+    sched: torch.optim.lr_scheduler.LRScheduler,
+    total: int,
+    loss_of: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]],
+    history: dict[str, list[float]],
+    *,
+    batch_size: int,
+    generator: torch.Generator,
+    drop_last: bool,
+    augment: bool,
+    device: torch.device,
+    step: int = 0,
+    input_format: torch.memory_format | None = None,
+    progress: bool = False,
+    desc: str = "train",
+    on_epoch: Callable[[int], None] | None = None,
+) -> int:
+    """The SGD loop of :func:`train` and :func:`pruning_env.distill.finetune`: steps ``step`` to ``total``.
+
+    Passes over ``train_data`` (shuffled by ``generator``) until ``total`` steps; each step computes
+    ``loss_of(x, y) -> (logits, loss)``, steps ``opt`` and then ``sched``, and appends the step's ``lr`` and
+    ``loss`` to ``history``; each finished pass appends its ``epoch_loss`` and ``epoch_accuracy`` (on the
+    batches as trained) and calls ``on_epoch(step)``. ``input_format`` converts 4-d batches (channels-last).
+    The caller owns seeding and the model's mode afterwards; returns the step reached.
+    """
+    with tqdm(total=total, initial=step, disable=not progress, desc=desc) as bar:
+        model.train()
+        while step < total:
+            loss_sum = correct = seen = 0.0
+            for x, y in iter_data(train_data, batch_size, shuffle=True, augment=augment, generator=generator,
+                                  drop_last=drop_last, device=device):
+                x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+                if input_format is not None and x.dim() == 4:
+                    x = x.contiguous(memory_format=input_format)
+                out, loss = loss_of(x, y)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                history["lr"].append(opt.param_groups[0]["lr"])
+                sched.step()
+                value = float(loss.detach())
+                history["loss"].append(value)
+                loss_sum += value * len(y)
+                correct += float((out.detach().argmax(1) == y).sum())
+                seen += len(y)
+                step += 1
+                bar.update(1)
+                if step % 20 == 0:
+                    bar.set_postfix(loss=f"{value:.3f}")
+                if step >= total:
+                    break
+            if not seen:
+                raise ValueError("train_data yielded no batch")
+            history["epoch_loss"].append(loss_sum / seen)
+            history["epoch_accuracy"].append(correct / seen)
+            if on_epoch is not None:
+                on_epoch(step)
+    return step
+
+
 def train(
     model: nn.Module,
     train_data: Any,
@@ -303,39 +366,19 @@ def train(
     sched = torch.optim.lr_scheduler.LambdaLR(opt, cosine if schedule == "cosine" else (lambda s: 1.0))
     history: dict[str, list[float]] = {"loss": [], "lr": [], "epoch_loss": [], "epoch_accuracy": []}
     generator = torch.Generator().manual_seed(seed)
-    step, start = 0, time.perf_counter()
+    start = time.perf_counter()
     cuda_devices = [torch.cuda.current_device() if device.index is None else device.index] \
         if device.type == "cuda" else []
-    with torch.random.fork_rng(devices=cuda_devices), tqdm(total=total, disable=not progress, desc="train") as bar:
+
+    def loss_of(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        out = model(x)
+        return out, F.cross_entropy(out, y, label_smoothing=label_smoothing)
+
+    with torch.random.fork_rng(devices=cuda_devices):
         torch.manual_seed(seed)
-        model.train()
-        while step < total:
-            loss_sum = correct = seen = 0.0
-            for x, y in iter_data(train_data, batch_size, shuffle=True, augment=augment, generator=generator,
-                                 drop_last=drop_last, device=device):
-                x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-                out = model(x)
-                loss = F.cross_entropy(out, y, label_smoothing=label_smoothing)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                history["lr"].append(opt.param_groups[0]["lr"])
-                sched.step()
-                value = float(loss.detach())
-                history["loss"].append(value)
-                loss_sum += value * len(y)
-                correct += float((out.detach().argmax(1) == y).sum())
-                seen += len(y)
-                step += 1
-                bar.update(1)
-                if step % 20 == 0:
-                    bar.set_postfix(loss=f"{value:.3f}")
-                if step >= total:
-                    break
-            if not seen:
-                raise ValueError("train_data yielded no batch")
-            history["epoch_loss"].append(loss_sum / seen)
-            history["epoch_accuracy"].append(correct / seen)
+        step = run_steps(model, train_data, opt, sched, total, loss_of, history, batch_size=batch_size,
+                         generator=generator, drop_last=drop_last, augment=augment, device=device,
+                         progress=progress, desc="train")
     model.eval()
     return {"history": history, "steps": step, "seconds": time.perf_counter() - start}
 
