@@ -47,6 +47,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from .distill import finetune as distill_finetune
 from .engine import ModelGraph, apply_plan, count_macs_params
 from .features import DataFeatures, build_data_features
 from .importance import scoring_version
@@ -122,6 +123,8 @@ class BackendConfig:
         bn_batches: training batches (of 128) to re-estimate BatchNorm statistics; 0 disables.
         finetune_steps: SGD recovery steps per evaluation before measuring accuracy.
         finetune_lr: learning rate of those steps.
+        finetune_kd_weight: distil the base model into the plan during those steps with this weight ``w``
+            of :func:`pruning_env.distill.kd_loss` (temperature 4); 0 trains on the labels only.
         device: device for evaluation (None: CUDA when available).
         seed: seed of the channel scoring (attention training) and of the BatchNorm batches.
     """
@@ -140,6 +143,7 @@ class BackendConfig:
     bn_batches: int = 2
     finetune_steps: int = 0
     finetune_lr: float = 0.01
+    finetune_kd_weight: float = 0.0
     device: str | None = None
     seed: int = 0
 
@@ -155,6 +159,8 @@ class BackendConfig:
         if self.bn_batches < 0 or self.finetune_steps < 0:
             raise ValueError(f"bn_batches and finetune_steps must be >= 0, got {self.bn_batches}, "
                              f"{self.finetune_steps}")
+        if not 0.0 <= self.finetune_kd_weight <= 1.0:
+            raise ValueError(f"finetune_kd_weight must be in [0, 1] (0: labels only), got {self.finetune_kd_weight}")
 
 
 @dataclass
@@ -416,8 +422,14 @@ class PruningBackend:
             recalibrate_bn(pruned, self._cal_batches, device=self.device)
         if finetune and cfg.finetune_steps > 0:
             # as many passes as the steps need (digits' train split is 10 batches)
-            train(pruned, self.scenario.data.train, epochs=cfg.finetune_steps, max_steps=cfg.finetune_steps,
-                  lr=cfg.finetune_lr, device=self.device, progress=False, seed=0)
+            if cfg.finetune_kd_weight > 0:
+                distill_finetune(pruned, self.scenario.data.train, teacher=self.scenario.model,
+                                 epochs=cfg.finetune_steps, max_steps=cfg.finetune_steps, lr=cfg.finetune_lr,
+                                 kd_weight=cfg.finetune_kd_weight, device=self.device, progress=False, seed=0,
+                                 amp=False, channels_last=False)
+            else:
+                train(pruned, self.scenario.data.train, epochs=cfg.finetune_steps, max_steps=cfg.finetune_steps,
+                      lr=cfg.finetune_lr, device=self.device, progress=False, seed=0)
             if cfg.bn_batches > 0:
                 recalibrate_bn(pruned, self._cal_batches, device=self.device)
         pruned.eval()

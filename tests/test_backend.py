@@ -126,6 +126,33 @@ def test_recovery_runs_every_step_asked_for_even_past_one_pass_over_the_data(bac
     assert not all(torch.equal(a, b) for a, b in zip(one_pass, more))
 
 
+def test_recovery_with_distillation_follows_the_base_model(backend):
+    """``finetune_kd_weight`` trains the recovery steps towards the base model's outputs: the student ends
+    closer to the teacher (KL on validation images) than the same steps on the labels alone, and the
+    base model is left as it was."""
+    import torch
+    import torch.nn.functional as F
+
+    kept = backend.kept_for_ratios([0.5] * backend.n_groups)
+    base_state = {k: v.clone() for k, v in backend.scenario.model.state_dict().items()}
+    x = torch.stack([backend.val_data[i][0] for i in range(64)])
+    with torch.inference_mode():
+        teacher = F.softmax(backend.scenario.model.eval()(x) / 4, dim=1)
+
+    def divergence(kd_weight: float) -> float:
+        cfg = BackendConfig(latency="macs", val_samples=100, finetune_steps=30, finetune_lr=0.05,
+                            finetune_kd_weight=kd_weight)
+        model = PruningBackend(backend.scenario, cfg).evaluate(kept).model.eval()
+        with torch.inference_mode():
+            return float(F.kl_div(F.log_softmax(model(x) / 4, dim=1), teacher, reduction="batchmean"))
+
+    kd, labels = divergence(1.0), divergence(0.0)
+    assert kd < labels
+    assert all(torch.equal(v, backend.scenario.model.state_dict()[k]) for k, v in base_state.items())
+    with pytest.raises(ValueError, match="finetune_kd_weight"):
+        BackendConfig(finetune_kd_weight=1.5)
+
+
 def test_shared_back_ends_are_built_once_per_scenario_and_settings(backend):
     a = PruningBackend.shared(backend.scenario, BackendConfig(latency="macs", val_samples=100))
     b = PruningBackend.shared(backend.scenario, BackendConfig(latency="macs", val_samples=100))
