@@ -406,7 +406,11 @@ class PruningBackend:
         """Validation accuracy of the plan keeping ``kept`` after BatchNorm recalibration, and after the
         ``finetune_steps`` recovery steps too when ``finetune``; no latency, no metrics (e.g. for
         :mod:`pruning_env.sensitivity`, which prices one group at a time)."""
-        pruned = self.prune(self.plan(np.asarray(kept, dtype=np.int64)))
+        return self.plan_accuracy(self.plan(np.asarray(kept, dtype=np.int64)), finetune=finetune)
+
+    def plan_accuracy(self, plan: PruningPlan, finetune: bool = False) -> float:
+        """:meth:`accuracy` of a given plan (its own channels, e.g. one chosen by another criterion)."""
+        pruned = self.prune(plan)
         with pinned_threads(self.eval_threads):
             self._recover(pruned, finetune=finetune)
             return evaluate(pruned, self.val_data, device=self.device, batch_size=64)

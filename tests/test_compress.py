@@ -135,3 +135,34 @@ def test_pareto_benchmark_tables_every_method_over_seeds(tmp_path, checkpoint):
     table = (tmp_path / "pareto.md").read_text()
     assert "| 1.5x | uniform | 2 |" in table and "best agent random" in table and "standard errors" in table
     assert (tmp_path / "pareto.png").exists()
+
+
+def test_rescore_scores_each_fine_tuned_plan_once_per_proxy_variant(tmp_path, checkpoint):
+    """benchmarks.rescore on a Pareto run's jobs: one row per distinct plan and variant, a plan fine-tuned
+    by several jobs (uniform, every seed) counted once with their mean test accuracy."""
+    import pandas as pd
+
+    from benchmarks.pareto import main as pareto
+    from benchmarks.rescore import load_jobs
+    from benchmarks.rescore import main as rescore
+
+    pareto(["--model", MODEL, "--checkpoint", str(checkpoint), "--speedups", "1.5", "--methods", "random", "uniform",
+            "--seeds", "0", "1", "2", "--episodes", "3", "--epochs", "0", "--latency-rounds", "1",
+            "--out", str(tmp_path / "p"), "--no-progress", "--env-kwargs",
+            '{"latency_calibrate": false, "val_samples": 200}'])
+    jobs = str(tmp_path / "p" / "jobs" / "*")
+    plans = load_jobs([jobs])
+    uniform = [p for p in plans if p["jobs"][0].startswith("1.5x-uniform")]
+    assert len(uniform) == 1 and len(uniform[0]["jobs"]) == 3  # one plan, fine-tuned by three seeds
+    df = rescore(["--model", MODEL, "--dataset", "digits", "--checkpoint", str(checkpoint), "--jobs", jobs,
+                  "--env-kwargs", '{"latency": "macs", "val_samples": 200}', "--out", str(tmp_path / "r"),
+                  "--variants", '[{"finetune_steps": 0}, {"finetune_steps": 4, "finetune_kd_weight": 0.5}]'])
+    assert len(df) == 2 * len(plans) and df["proxy_accuracy"].between(0, 1).all()
+    row = df[(df["plan"] == uniform[0]["jobs"][0]) & (df["variant"] == 0)].iloc[0]
+    assert row["test_accuracy"] == pytest.approx(np.mean(uniform[0]["tests"])) and row["jobs"] == 3
+    by_variant = df.pivot(index="plan", columns="variant", values="proxy_accuracy")
+    assert not np.allclose(by_variant[0], by_variant[1])  # the recovery steps change what the proxy sees
+    assert "Spearman" in (tmp_path / "r" / "rescore.md").read_text()
+    assert len(pd.read_csv(tmp_path / "r" / "rescore.csv")) == len(df)
+    with pytest.raises(FileNotFoundError, match="plan.json and final.json"):
+        load_jobs([str(tmp_path / "r")])
