@@ -52,7 +52,7 @@ def load_jobs(patterns: list[str]) -> list[dict]:
         key = json.dumps(json.loads(plan.read_text())["keep"], sort_keys=True)
         f = json.loads(final.read_text())
         entry = plans.setdefault(key, {"plan": str(plan), "jobs": [], "tests": [], "speedups": []})
-        entry["jobs"].append(Path(folder).name)
+        entry["jobs"].append(str(folder))  # the path: job names repeat across runs
         entry["tests"].append(float(f["test_accuracy"]))
         entry["speedups"].append(float(f["speedup_measured"]))
     if len(plans) < 3:

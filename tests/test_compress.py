@@ -140,6 +140,8 @@ def test_pareto_benchmark_tables_every_method_over_seeds(tmp_path, checkpoint):
 def test_rescore_scores_each_fine_tuned_plan_once_per_proxy_variant(tmp_path, checkpoint):
     """benchmarks.rescore on a Pareto run's jobs: one row per distinct plan and variant, a plan fine-tuned
     by several jobs (uniform, every seed) counted once with their mean test accuracy."""
+    from pathlib import Path
+
     import pandas as pd
 
     from benchmarks.pareto import main as pareto
@@ -152,7 +154,7 @@ def test_rescore_scores_each_fine_tuned_plan_once_per_proxy_variant(tmp_path, ch
             '{"latency_calibrate": false, "val_samples": 200}'])
     jobs = str(tmp_path / "p" / "jobs" / "*")
     plans = load_jobs([jobs])
-    uniform = [p for p in plans if p["jobs"][0].startswith("1.5x-uniform")]
+    uniform = [p for p in plans if Path(p["jobs"][0]).name.startswith("1.5x-uniform")]
     assert len(uniform) == 1 and len(uniform[0]["jobs"]) == 3  # one plan, fine-tuned by three seeds
     df = rescore(["--model", MODEL, "--dataset", "digits", "--checkpoint", str(checkpoint), "--jobs", jobs,
                   "--env-kwargs", '{"latency": "macs", "val_samples": 200}', "--out", str(tmp_path / "r"),
