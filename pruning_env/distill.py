@@ -225,7 +225,10 @@ def finetune(
     use_cl = _cuda_only(channels_last, "channels_last", device)
     start_time = time.perf_counter()
 
-    initial_hash = state_dict_hash(student)
+    path = Path(checkpoint_dir) / CHECKPOINT_FILE if checkpoint_dir is not None else None
+    # the hashes identify a checkpoint's run; without checkpoints (e.g. the environment's recovery steps,
+    # every episode) they are not computed
+    initial_hash = state_dict_hash(student) if path is not None else None
     use_teacher = teacher is not None and kd_weight > 0
     student.to(device)
     source = _resident(train_data, device)
@@ -235,7 +238,7 @@ def finetune(
         "weight_decay": float(weight_decay), "augment": bool(augment), "seed": int(seed), "max_steps": max_steps,
         "kd_temperature": float(kd_temperature), "kd_weight": float(kd_weight), "total_steps": total,
         "batches_per_epoch": per_epoch, "student": _architecture(student),
-        "teacher": state_dict_hash(teacher) if use_teacher else None,
+        "teacher": state_dict_hash(teacher) if use_teacher and path is not None else None,
     }
     opt = build_optimizer("sgd", student.parameters(), lr, momentum, weight_decay)
     cosine = lambda s: 0.5 * (1.0 + math.cos(math.pi * min(s, total) / total))
@@ -245,7 +248,6 @@ def finetune(
     step = epoch = 0
     previous_seconds = 0.0
     resumed_from: int | None = None
-    path = Path(checkpoint_dir) / CHECKPOINT_FILE if checkpoint_dir is not None else None
     saved = _load_checkpoint(path, config, initial_hash, student) if path is not None and path.exists() else None
 
     cuda_devices = [torch.cuda.current_device() if device.index is None else device.index] \
