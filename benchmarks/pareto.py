@@ -53,6 +53,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="cem only: start the search from this baseline's plan (e.g. global-magnitude) or a plan JSON")
     p.add_argument("--start-std", type=float, default=CompressOptions.start_std,
                    help="with --start-from: the search's initial spread around the plan, in action units")
+    p.add_argument("--rerank", type=int, default=0,
+                   help="re-score each search's N best plans (and its start plan) with --rerank-steps recovery "
+                        "steps and keep the best (agents.compress --rerank)")
+    p.add_argument("--rerank-steps", type=int, default=CompressOptions.rerank_steps)
     p.add_argument("--epochs", type=int, default=1, help="fine-tune epochs of every job")
     p.add_argument("--max-steps", type=int, default=None, help="cap on fine-tune steps of every job")
     p.add_argument("--lr", type=float, default=0.01)
@@ -77,11 +81,15 @@ def run_jobs(a: argparse.Namespace) -> pd.DataFrame:
             first = None
             start = a.start_from if method == "cem" else None
             label = method if start is None else f"{method}-from-{Path(start).stem}"
+            rerank = a.rerank if method not in BASELINES else 0
+            if rerank:
+                label += f"-rerank{rerank}"
             for seed in a.seeds:
                 opts = CompressOptions(
                     model=a.model, dataset=a.dataset, checkpoint=a.checkpoint, adapt_steps=a.adapt_steps,
                     speedup=speedup, method=method, episodes=a.episodes, recovery_steps=a.recovery_steps, seed=seed,
-                    fit_measured=a.fit_measured, start_from=start, start_std=a.start_std,
+                    fit_measured=a.fit_measured, start_from=start, start_std=a.start_std, rerank=rerank,
+                    rerank_steps=a.rerank_steps,
                     epochs=a.epochs, max_steps=a.max_steps, lr=a.lr, kd_weight=a.kd_weight, env_kwargs=a.env_kwargs,
                     out=str(Path(a.out) / "jobs"), name=f"{speedup:g}x-{label}-s{seed}",
                     latency_rounds=a.latency_rounds, onnx=False, progress=a.progress,

@@ -112,6 +112,48 @@ def test_a_search_started_from_the_global_baseline_plays_it_first(tmp_path, chec
         compress(_opts(tmp_path, checkpoint, method="cem", start_from="nowhere.json", name="bad"))
 
 
+def test_rerank_keeps_the_best_of_the_search_s_top_plans_under_the_longer_proxy(tmp_path, checkpoint):
+    opts = _opts(tmp_path, checkpoint, method="cem", episodes=6, epochs=0, start_from="global-magnitude",
+                 recovery_steps=0, rerank=2, rerank_steps=4, fit_measured=False)
+    final = compress(opts)
+    job = tmp_path / final["job"]
+    saved = json.loads((job / "rerank.json").read_text())
+    cands = saved["candidates"]
+    source = final["plan_source"]
+    kept = [tuple(c["kept"]) for c in cands]
+    assert saved["rerank_steps"] == 4 and len(set(kept)) == len(kept) and 2 <= len(kept) <= 3
+    assert tuple(source["start_kept"]) in kept  # the plan the search started from is always a candidate
+    rows = __import__("pandas").read_csv(job / "search" / "episodes.csv")
+    top = sorted(rows["reward"], reverse=True)[0]
+    assert max(c["search_reward"] for c in cands) == pytest.approx(top)  # the search's best is re-scored
+    assert any(c["reward"] != pytest.approx(c["search_reward"]) for c in cands)  # by another proxy
+    best = max(cands, key=lambda c: c["reward"])
+    assert final["kept"] == best["kept"] and source["rerank"]["chosen_episode"] == best["episode"]
+    # Saved scores are reused: a rerun after the plan is lost re-ranks from rerank.json, not from scratch.
+    other = next(c for c in cands if c is not best)
+    other["reward"] = 10.0
+    (job / "rerank.json").write_text(json.dumps(saved))
+    for name in ("plan.json", "plan_source.json", "final.json", "finetuned.pt", "finetuned.json", "measure.json"):
+        (job / name).unlink(missing_ok=True)
+    assert compress(opts)["kept"] == other["kept"]
+    with pytest.raises(ValueError, match="--rerank re-scores a search"):
+        compress(_opts(tmp_path, checkpoint, method="uniform", rerank=3, name="bad"))
+
+
+def test_jobs_made_before_an_option_existed_still_resume(tmp_path, checkpoint):
+    from agents.compress import _check_options
+
+    opts = _opts(tmp_path, checkpoint, method="uniform")
+    _check_options(tmp_path, opts)
+    saved = json.loads((tmp_path / "compress.json").read_text())
+    for key in ("rerank", "rerank_steps"):  # options added later
+        del saved["options"][key]
+    (tmp_path / "compress.json").write_text(json.dumps(saved))
+    _check_options(tmp_path, opts)  # their defaults: the same job
+    with pytest.raises(ValueError, match="other options.*rerank"):
+        _check_options(tmp_path, _opts(tmp_path, checkpoint, method="cem", rerank=3))
+
+
 def test_a_speedup_beyond_the_search_s_reach_is_refused_before_searching(tmp_path, checkpoint):
     with pytest.raises(ValueError, match=r"out of the search's reach.*predicts .*x.*round_to"):
         compress(_opts(tmp_path, checkpoint, method="random", speedup=50.0, episodes=2))
