@@ -235,30 +235,35 @@ def _recorded_behaviour(env_record: dict[str, Any]) -> dict[str, Any]:
     return {k: env_record.get(k) for k in behaviour_record()}
 
 
-def _set_aside_stale(specs: list[RunSpec], out: Path) -> list[str]:
-    """Move runs made under another behaviour record than this version's (their ``done/`` file and run
-    folder; :func:`pruning_env.backend.behaviour_record`), or with other scenario settings than the
-    profile's now, to ``stale/<time>/``, so that they are measured again instead of mixed into the results."""
+def _is_stale(s: RunSpec) -> bool:
+    """Whether run ``s`` (finished or begun) was made under another behaviour record than this version's
+    (:func:`pruning_env.backend.behaviour_record`) or with other scenario settings than the profile's now."""
     from pruning_env.backend import behaviour_record
 
+    run_dir = Path(s.out) / "runs" / s.name
+    config = json.loads((run_dir / "config.json").read_text()) if (run_dir / "config.json").exists() else None
+    if s.done_file.exists():
+        recorded = json.loads(json.loads(s.done_file.read_text()).get("behaviour") or "null")
+    elif config is not None:
+        recorded = _recorded_behaviour(config.get("env", {}))
+    else:
+        return False
+    kw = s.scenario.env_kwargs
+    now = behaviour_record(kw.get("importance", "attention"), kw.get("latency", _default_latency(s)))
+    searched_with = config.get("options", {}).get("env_kwargs") if config is not None else None
+    changed = searched_with is not None and json.dumps(searched_with, sort_keys=True, default=str) != \
+        json.dumps(kw, sort_keys=True, default=str)  # the profile's scenario settings changed since
+    return recorded is None or {k: recorded.get(k) for k in now} != now or changed
+
+
+def _set_aside_stale(specs: list[RunSpec], out: Path) -> list[str]:
+    """Move stale runs (:func:`_is_stale`: their ``done/`` file and run folder) to ``stale/<time>/``, so that
+    they are measured again instead of mixed into the results."""
     dest, moved = out / "stale" / time.strftime("%Y%m%d-%H%M%S"), []
     for s in specs:
-        run_dir = Path(s.out) / "runs" / s.name
-        config = json.loads((run_dir / "config.json").read_text()) if (run_dir / "config.json").exists() else None
-        if s.done_file.exists():
-            recorded = json.loads(json.loads(s.done_file.read_text()).get("behaviour") or "null")
-        elif config is not None:
-            recorded = _recorded_behaviour(config.get("env", {}))
-        else:
-            continue
-        kw = s.scenario.env_kwargs
-        now = behaviour_record(kw.get("importance", "attention"), kw.get("latency", _default_latency(s)))
-        searched_with = config.get("options", {}).get("env_kwargs") if config is not None else None
-        changed = searched_with is not None and json.dumps(searched_with, sort_keys=True, default=str) != \
-            json.dumps(kw, sort_keys=True, default=str)  # the profile's scenario settings changed since
-        if recorded is None or {k: recorded.get(k) for k in now} != now or changed:
+        if _is_stale(s):
             dest.mkdir(parents=True, exist_ok=True)
-            for p in (s.done_file, run_dir):
+            for p in (s.done_file, Path(s.out) / "runs" / s.name):
                 if p.exists():
                     p.rename(dest / p.name)
             moved.append(s.name)
@@ -298,11 +303,12 @@ def run_benchmark(profile: str | Profile, out: str | Path | None = None, seeds: 
     from .report import write_report
 
     prof = get_profile(profile) if isinstance(profile, str) else profile
-    if agents:
-        prof = replace(prof, agents=list(agents))
     if env_kwargs:
         prof = replace(prof, scenarios=[replace(sc, env_kwargs={**sc.env_kwargs, **env_kwargs})
                                         for sc in prof.scenarios])
+    whole = prof  # the report covers the whole profile's finished runs, not only this restriction's
+    if agents:
+        prof = replace(prof, agents=list(agents))
     if scenarios:
         known = [s.name for s in prof.scenarios]
         unknown = sorted(set(scenarios) - set(known))
@@ -331,7 +337,7 @@ def run_benchmark(profile: str | Profile, out: str | Path | None = None, seeds: 
     _check_base_weights(todo)
     print(f"benchmark {prof.name!r}: {len(specs)} runs ({len(specs) - len(todo)} already done), "
           f"{workers} worker(s) x {threads} torch thread(s), backend {backend}; output in {out}")
-    (out / "profile.json").write_text(json.dumps(asdict(prof), indent=1, default=str))
+    (out / "profile.json").write_text(json.dumps(asdict(whole), indent=1, default=str))
     t0 = time.perf_counter()
     if todo and workers > 1:
         prepare_scenarios([s for s in todo if not s.scenario.transfer_from])
@@ -339,8 +345,17 @@ def run_benchmark(profile: str | Profile, out: str | Path | None = None, seeds: 
     for r in failed:
         print(f"FAILED {r['scenario']} {r['agent']} seed {r['seed']}: {r['error']}")
     rows = [json.loads(s.done_file.read_text()) for s in specs if s.done_file.exists()]
+    # Runs of the profile outside this restriction (--agents, --scenarios) finished earlier in this folder
+    # under the same settings stay in results.csv and the leaderboard.
+    mine = {s.name for s in specs}
+    kept = [s for s in plan_runs(whole, out, seeds or whole.seeds, episodes or whole.episodes, threads,
+                                 transfer_episodes)
+            if s.name not in mine and s.done_file.exists() and not _is_stale(s)]
+    if kept:
+        print(f"the report also holds {len(kept)} earlier run(s) of the profile outside this restriction")
+    rows += [json.loads(s.done_file.read_text()) for s in kept]
     df = pd.DataFrame(rows)
-    write_report(df, out, prof)
+    write_report(df, out, whole)
     print(f"wall time {time.perf_counter() - t0:.0f} s; {len(rows)}/{len(specs)} runs done; "
           f"leaderboard: {out / 'leaderboard.md'}")
     if failed:

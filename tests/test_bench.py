@@ -60,6 +60,10 @@ def test_quick_benchmark_writes_report_and_skips_finished_runs(tmp_path) -> None
     assert (old / "digits-small_resnet__uniform__0" / "config.json").exists()  # its run folder went with it
     random_done = tmp_path / "done" / "digits-small_resnet__random__0.json"
     assert random_done.stat().st_mtime_ns == stamps[random_done.name]  # the current run was kept
+    # A rerun restricted to one agent keeps the other agent's finished run in the results and the leaderboard.
+    df = run_benchmark(prof, out=tmp_path, agents=["random"])
+    assert sorted(df["agent"]) == ["random", "uniform"] and len(pd.read_csv(tmp_path / "results.csv")) == 2
+    assert "uniform" in (tmp_path / "leaderboard.md").read_text()
     # The best plans re-measured "on the deployment machine" (here): one row per run, real speedups.
     # Timings on a shared machine are noisy: the pruned models must be clearly faster, not exactly so.
     sp = remeasure(tmp_path, rounds=3, repeats=5)
@@ -79,6 +83,8 @@ def test_quick_benchmark_writes_report_and_skips_finished_runs(tmp_path) -> None
     set_aside = [json.loads(c.read_text())["options"]["env_kwargs"]
                  for c in (tmp_path / "stale").glob("*/digits-small_resnet__uniform__0/config.json")]
     assert {} in set_aside
+    # The random run, searched with the settings before, stays out of the report made with the new ones.
+    assert pd.read_csv(tmp_path / "results.csv")["agent"].tolist() == ["uniform"]
 
 
 def test_unknown_scenario_is_refused_with_the_valid_names(tmp_path) -> None:
