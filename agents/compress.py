@@ -18,7 +18,8 @@ plans (and the start plan) with ``--rerank-steps`` recovery steps each, a proxy 
 episode, and keeps the best of them.
 
 Stages, each saved in the output folder ``<out>/<name>/`` as it finishes (a rerun of the same command
-skips finished stages and resumes the search and the fine-tune from their checkpoints):
+skips finished stages and resumes the search and the fine-tune from their checkpoints; ``--stop-after plan``
+or ``finetune`` stops a run there, e.g. to time on a quiet machine what was fine-tuned beside another job):
 
 1. ``plan.json``: the plan (``search/``: the agent's run folder; ``rerank.json``: with ``--rerank K``, the
    search's K best plans re-scored with a longer proxy; ``plan_source.json``: how the plan was made, with
@@ -129,6 +130,9 @@ class CompressOptions:
     """fine-tune device (default: CUDA when available)"""
     progress: bool = True
     """show progress bars"""
+    stop_after: str | None = None
+    """stop after this stage ('plan' or 'finetune'), e.g. fit the plan on the quiet deployment machine, fine-tune
+    elsewhere or beside another job, and time it quietly: rerun the command without it to go on"""
 
     def job_name(self) -> str:
         model = self.model.replace(":", ".").split(".")[-1]
@@ -160,7 +164,7 @@ def _write(path: Path, data: Any) -> None:
 def _check_options(job: Path, opts: CompressOptions) -> None:
     """A job folder belongs to one set of options (progress and the number of episodes may change)."""
     path = job / "compress.json"
-    now = {k: v for k, v in asdict(opts).items() if k not in ("progress", "episodes", "latency_rounds")}
+    now = {k: v for k, v in asdict(opts).items() if k not in ("progress", "episodes", "latency_rounds", "stop_after")}
     if path.exists():
         saved = json.loads(path.read_text())["options"]
         defaults = asdict(CompressOptions())
@@ -349,6 +353,9 @@ def compress(opts: CompressOptions) -> dict[str, Any]:
     if opts.rerank and (opts.method in BASELINES or opts.plan is not None):
         raise ValueError("--rerank re-scores a search's best plans: it needs an agent's search, not a baseline "
                          "or a given --plan")
+    if opts.stop_after not in (None, "plan", "finetune"):
+        raise ValueError(f"--stop-after must be 'plan' or 'finetune' (the stages a rerun resumes after), got "
+                         f"{opts.stop_after!r}")
     if opts.start_from is not None and opts.method != "cem":
         raise ValueError(f"--start-from needs --method cem (the search that starts from a plan), not {opts.method!r}")
     t0 = time.perf_counter()
@@ -380,6 +387,9 @@ def compress(opts: CompressOptions) -> dict[str, Any]:
         _write(job / "plan_source.json", how)
         plan.save(plan_path)
     kept = backend.graph.kept_counts(plan)
+    if opts.stop_after == "plan":
+        _log(opts, f"stopped after the plan ({plan_path}); rerun without --stop-after to go on")
+        return {"job": job.name, "stopped_after": "plan", "plan_source": how, "kept": [int(k) for k in kept]}
 
     # 2. fine-tune (resumable per epoch)
     device = torch.device(opts.device) if opts.device else default_device()
@@ -409,6 +419,9 @@ def compress(opts: CompressOptions) -> dict[str, Any]:
         torch.save({k: v.detach().cpu() for k, v in pruned.state_dict().items()}, done_path)
         _write(job / "finetuned.json", ft)
     pruned = pruned.cpu().eval()
+    if opts.stop_after == "finetune":
+        _log(opts, "stopped after the fine-tune; rerun without --stop-after to measure, export and report")
+        return {"job": job.name, "stopped_after": "finetune", "plan_source": how, "kept": [int(k) for k in kept], **ft}
 
     # 3. measure on this machine
     meas_path = job / "measure.json"

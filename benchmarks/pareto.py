@@ -64,6 +64,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--latency-rounds", type=int, default=5)
     p.add_argument("--env-kwargs", type=json.loads, default={}, help="JSON dict of DataAwarePrune-v0 arguments")
     p.add_argument("--out", default="results/pareto")
+    p.add_argument("--stop-after", choices=["plan", "finetune"], default=None,
+                   help="stop every job after this stage (agents.compress --stop-after): fit the plans with nothing "
+                        "else running, fine-tune two jobs side by side, then rerun without it to time them quietly")
     p.add_argument("--no-progress", dest="progress", action="store_false")
     return p.parse_args(argv)
 
@@ -93,9 +96,11 @@ def run_jobs(a: argparse.Namespace) -> pd.DataFrame:
                     epochs=a.epochs, max_steps=a.max_steps, lr=a.lr, kd_weight=a.kd_weight, env_kwargs=a.env_kwargs,
                     out=str(Path(a.out) / "jobs"), name=f"{speedup:g}x-{label}-s{seed}",
                     latency_rounds=a.latency_rounds, onnx=False, progress=a.progress,
-                    plan=first if method in BASELINES else None)
+                    plan=first if method in BASELINES else None, stop_after=a.stop_after)
                 f = compress(opts)
                 first = first or str(Path(a.out) / "jobs" / f["job"] / "plan.json")
+                if "stopped_after" in f:
+                    continue
                 rows.append({
                     "target_speedup": speedup, "method": label, "seed": seed,
                     "kind": "baseline" if method in BASELINES else "agent",
@@ -175,6 +180,9 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     if a.progress:  # every phase says what it does and whether it came from the cache
         logging.basicConfig(level=logging.INFO, format="[%(name)s] %(message)s")
     df = run_jobs(a)
+    if a.stop_after:
+        print(f"every job stopped after its {a.stop_after}; rerun without --stop-after to go on")
+        return df
     s = write_outputs(df, Path(a.out))
     print((Path(a.out) / "pareto.md").read_text())
     return s

@@ -140,6 +140,24 @@ def test_rerank_keeps_the_best_of_the_search_s_top_plans_under_the_longer_proxy(
         compress(_opts(tmp_path, checkpoint, method="uniform", rerank=3, name="bad"))
 
 
+def test_a_job_stopped_after_a_stage_goes_on_from_there(tmp_path, checkpoint):
+    """Fit the plan (timed) alone, fine-tune, then measure: each rerun starts where the last one stopped."""
+    opts = _opts(tmp_path, checkpoint, method="uniform", max_steps=3, onnx=False)
+    first = compress(CompressOptions(**{**opts.__dict__, "stop_after": "plan"}))
+    job = tmp_path / first["job"]
+    assert first["stopped_after"] == "plan" and (job / "plan.json").exists()
+    assert not (job / "finetuned.pt").exists() and not (job / "final.json").exists()
+    planned = (job / "plan.json").stat().st_mtime_ns
+    second = compress(CompressOptions(**{**opts.__dict__, "stop_after": "finetune"}))
+    assert second["stopped_after"] == "finetune" and second["steps"] == 3 and (job / "finetuned.pt").exists()
+    assert not (job / "measure.json").exists()
+    final = compress(opts)
+    assert final["kept"] == first["kept"] and final["test_accuracy"] == second["test_accuracy"]
+    assert (job / "plan.json").stat().st_mtime_ns == planned and (job / "measure.json").exists()
+    with pytest.raises(ValueError, match="--stop-after must be 'plan' or 'finetune'"):
+        compress(CompressOptions(**{**opts.__dict__, "stop_after": "measure"}))
+
+
 def test_jobs_made_before_an_option_existed_still_resume(tmp_path, checkpoint):
     from agents.compress import _check_options
 
@@ -168,6 +186,9 @@ def test_pareto_benchmark_tables_every_method_over_seeds(tmp_path, checkpoint):
             "--seeds", "0", "1", "--episodes", "2", "--epochs", "0", "--latency-rounds", "1", "--out", str(tmp_path),
             "--no-progress", "--env-kwargs", '{"latency_calibrate": false, "val_samples": 200}',
             "--recovery-steps", "3"]
+    assert pareto([*argv, "--stop-after", "plan"]).empty  # plans fitted (and timed) alone, nothing tabled yet
+    assert (tmp_path / "jobs" / "1.5x-uniform-s1" / "plan.json").exists() and not (tmp_path / "results.csv").exists()
+    assert not list((tmp_path / "jobs").glob("*/finetuned.pt"))
     summary = pareto(argv)
     searched = json.loads((tmp_path / "jobs" / "1.5x-random-s0" / "search" / "config.json").read_text())
     assert searched["options"]["env_kwargs"]["finetune_steps"] == 3  # the search recovers as asked
