@@ -520,9 +520,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if opts.progress:  # every phase says what it does and whether it came from the cache
         logging.basicConfig(level=logging.INFO, format="[%(name)s] %(message)s")
     final = compress(opts)
-    keys = ("job", "base_test_accuracy", "test_accuracy", "accuracy_change", "speedup_measured",
-            "speedup_onnxruntime", "speedup_predicted", "macs_ratio")
-    print(json.dumps({k: final[k] for k in keys}, indent=2))
+    keys = ("job", "stopped_after", "test_accuracy_before_finetune", "base_test_accuracy", "test_accuracy",
+            "accuracy_change", "speedup_measured", "speedup_onnxruntime", "speedup_predicted", "macs_ratio")
+    print(json.dumps({k: final[k] for k in keys if k in final}, indent=2))
     return final
 
 

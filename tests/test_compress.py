@@ -148,7 +148,10 @@ def test_a_job_stopped_after_a_stage_goes_on_from_there(tmp_path, checkpoint):
     assert first["stopped_after"] == "plan" and (job / "plan.json").exists()
     assert not (job / "finetuned.pt").exists() and not (job / "final.json").exists()
     planned = (job / "plan.json").stat().st_mtime_ns
-    second = compress(CompressOptions(**{**opts.__dict__, "stop_after": "finetune"}))
+    args = ["--model", MODEL, "--dataset", "digits", "--checkpoint", str(checkpoint), "--speedup", "1.6",
+            "--method", "uniform", "--max-steps", "3", "--no-onnx", "--out", str(tmp_path), "--no-progress",
+            "--latency-rounds", "2", "--env-kwargs", json.dumps(opts.env_kwargs)]
+    second = main([*args, "--stop-after", "finetune"])  # the command line says where it stopped
     assert second["stopped_after"] == "finetune" and second["steps"] == 3 and (job / "finetuned.pt").exists()
     assert not (job / "measure.json").exists()
     final = compress(opts)
