@@ -8,8 +8,14 @@ medians) with the chosen backend, batch size and threads. It writes ``speedups_<
 in the benchmark folder (one row per run, with the measurer's settings and hardware) and prints mean
 and spread per scenario and agent.
 
+It takes the folder of ``benchmarks.pareto`` (or a folder of ``agents.compress`` jobs) as well: each job's
+``plan.json``, the plan it fine-tuned, timed again, next to the speedup the job recorded
+(``recorded_speedup``). Run it with nothing else on the machine: timed beside another job, plans do not
+slow down alike (docs/results.md, "Timed on a quiet machine").
+
     python -m benchmarks.speedups results/cifar10 --data-root ../shared/data
     python -m benchmarks.speedups results/cifar10 --backend onnxruntime --batch-size 1
+    python -m benchmarks.speedups results/pareto
 """
 
 from __future__ import annotations
@@ -29,6 +35,32 @@ def _scenario_key(kwargs: dict[str, Any]) -> str:
     return json.dumps({k: kwargs.get(k) for k in keep}, sort_keys=True, default=str)
 
 
+def _runs(bench: Path) -> list[dict[str, Any]]:
+    """The plans to time: a benchmark's runs (``runs/*/best_plan.json``) or compress jobs (``plan.json``
+    beside ``compress.json``, in ``bench``, ``bench/jobs`` or ``bench`` itself being one job)."""
+    import re
+
+    found = []
+    for run in sorted(p for p in (bench / "runs").glob("*") if (p / "best_plan.json").exists()):
+        config = json.loads((run / "config.json").read_text())
+        parts = run.name.split("__")
+        found.append({"run": run.name, "scenario": parts[0] if len(parts) == 3 else "", "kwargs":
+                      dict(config["options"]["env_kwargs"]), "plan": run / "best_plan.json",
+                      "agent": config["options"]["algo"], "seed": config["options"]["seed"]})
+    jobs = [bench] if (bench / "compress.json").exists() else sorted(
+        p.parent for p in [*bench.glob("*/compress.json"), *bench.glob("jobs/*/compress.json")])
+    for job in jobs:
+        if not (job / "plan.json").exists():
+            continue
+        o = json.loads((job / "compress.json").read_text())["options"]
+        final = json.loads((job / "final.json").read_text()) if (job / "final.json").exists() else {}
+        kwargs = {k: o.get(k) for k in ("model", "dataset", "checkpoint", "data_root", "adapt_steps")}
+        found.append({"run": job.name, "scenario": f"{o['model']}-{o['dataset']}", "kwargs": kwargs,
+                      "plan": job / "plan.json", "agent": re.sub(r"-s\d+$", "", job.name), "seed": o["seed"],
+                      "recorded_speedup": final.get("speedup_measured")})
+    return found
+
+
 def remeasure(bench: str | Path, data_root: str | None = None, backend: str = "torch", batch_size: int = 64,
               threads: int = 1, rounds: int = 5, repeats: int = 20) -> pd.DataFrame:
     """Latency of every run's best plan against its base model, measured here; returns one row per run."""
@@ -41,37 +73,37 @@ def remeasure(bench: str | Path, data_root: str | None = None, backend: str = "t
     from pruning_env.scenario import load_scenario
 
     bench = Path(bench)
-    runs = sorted(p for p in (bench / "runs").glob("*") if (p / "best_plan.json").exists())
+    runs = _runs(bench)
     if not runs:
-        raise FileNotFoundError(f"no runs with a best_plan.json under {bench / 'runs'}: is {bench} a benchmark "
-                                "folder of python -m benchmarks.run?")
+        raise FileNotFoundError(f"no plans under {bench}: pass a benchmark folder of python -m benchmarks.run "
+                                "(runs/*/best_plan.json) or of python -m benchmarks.pareto / agents.compress "
+                                "(jobs with plan.json)")
     scenarios: dict[str, Any] = {}
     rows = []
     for run in runs:
-        config = json.loads((run / "config.json").read_text())
-        kwargs = dict(config["options"]["env_kwargs"])
+        kwargs = dict(run["kwargs"])
         if data_root is not None:
             kwargs["data_root"] = data_root
         key = _scenario_key(kwargs)
         if key not in scenarios:
-            sc = load_scenario(kwargs.get("model", "small_resnet"), kwargs.get("dataset", "digits"),
+            sc = load_scenario(kwargs.get("model") or "small_resnet", kwargs.get("dataset") or "digits",
                                checkpoint=kwargs.get("checkpoint"), data_root=kwargs.get("data_root"),
-                               adapt_steps=int(kwargs.get("adapt_steps", 0)))
+                               adapt_steps=int(kwargs.get("adapt_steps") or 0))
             meas = LatencyMeasurer(backend=backend, batch_size=batch_size, threads=threads, repeats=repeats,
                                    input_shape=tuple(sc.example_inputs.shape[1:]))
             scenarios[key] = (sc, meas)
         sc, meas = scenarios[key]
-        plan = PruningPlan.load(run / "best_plan.json")
+        plan = PruningPlan.load(run["plan"])
         pruned = apply_plan(sc.model, plan, sc.example_inputs).eval()
         timed = measure_speedup(meas, sc.model, pruned, rounds=rounds)
         b, p = timed["base_latency_ms"], timed["pruned_latency_ms"]
-        parts = run.name.split("__")
-        rows.append({"run": run.name, "scenario": parts[0] if len(parts) == 3 else "",
-                     "agent": config["options"]["algo"], "seed": config["options"]["seed"],
-                     "base_ms": b, "pruned_ms": p, "speedup": b / p,
+        row = {k: run[k] for k in ("run", "scenario", "agent", "seed")}
+        if "recorded_speedup" in run:
+            row["recorded_speedup"] = run["recorded_speedup"]
+        rows.append({**row, "base_ms": b, "pruned_ms": p, "speedup": b / p,
                      "backend": backend, "batch_size": batch_size, "threads": threads,
                      "hardware": meas.describe()["hardware"], "torch": torch.__version__})
-        print(f"{run.name}: {b:.2f} ms -> {p:.2f} ms, speedup {b / p:.2f}x", flush=True)
+        print(f"{run['run']}: {b:.2f} ms -> {p:.2f} ms, speedup {b / p:.2f}x", flush=True)
     df = pd.DataFrame(rows)
     out = bench / f"speedups_{backend}_bs{batch_size}.csv"
     df.to_csv(out, index=False)
@@ -81,13 +113,16 @@ def remeasure(bench: str | Path, data_root: str | None = None, backend: str = "t
 
 def summary(df: pd.DataFrame) -> pd.DataFrame:
     """Mean and std of the measured speedup per scenario and agent."""
-    g = df.groupby(["scenario", "agent"])["speedup"]
-    return pd.DataFrame({"runs": g.size(), "speedup mean": g.mean(), "speedup std": g.std()}).reset_index()
+    g = df.groupby(["scenario", "agent"])
+    out = pd.DataFrame({"runs": g.size(), "speedup mean": g["speedup"].mean(), "speedup std": g["speedup"].std()})
+    if "recorded_speedup" in df:
+        out["recorded mean"] = g["recorded_speedup"].mean()
+    return out.reset_index()
 
 
 def main(argv: list[str] | None = None) -> pd.DataFrame:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("bench", help="benchmark folder (with runs/)")
+    p.add_argument("bench", help="benchmark folder (with runs/), or a benchmarks.pareto / agents.compress folder")
     p.add_argument("--data-root", default=None, help="where the datasets and pretrained weights are on this machine")
     p.add_argument("--backend", choices=["torch", "onnxruntime"], default="torch")
     p.add_argument("--batch-size", type=int, default=64)
