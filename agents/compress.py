@@ -45,7 +45,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from pruning_env.measure import MISS_TOLERANCE
+from pruning_env.measure import BUSY_CORES, MISS_TOLERANCE, other_load
 
 from .finetune import measure_speedup, model_outputs, onnx_check
 from .global_pruning import TargetNotReached, match_target, plan_family, table_price
@@ -304,9 +304,22 @@ def _start_plan(opts: CompressOptions, backend: Any) -> tuple[Any, dict[str, Any
     return plan, {"plan_file": str(path)}
 
 
+def _check_quiet(opts: CompressOptions, what: str) -> float | None:
+    """Other processes' load (cores) before a timing; a warning when it is busy."""
+    load = other_load()
+    if load is not None and load > BUSY_CORES:
+        log.warning("%s while other processes keep %.1f cores busy: under load plans do not slow down alike, so "
+                    "speedups (and fits) differ from a quiet machine's by up to 10%% (docs/results.md); time with "
+                    "nothing else running (--stop-after plan / finetune split a job)", what, load)
+        _log(opts, f"warning: {what} with {load:.1f} cores busy with other processes")
+    return load
+
+
 def _match_measured(opts: CompressOptions, backend: Any, make: Any, guess: float) -> tuple[Any, float]:
     """The smallest ratio of the family ``make`` whose plan meets ``1 / speedup`` of the base latency when
     timed (base and pruned alternately: load hits both alike), searched near ``guess``."""
+    load = _check_quiet(opts, "fitting on measured latency")
+
     def measured_fraction(plan: Any) -> float:
         base_stats, pruned_stats = backend.measurer.measure_many([backend.graph.model, backend.prune(plan).eval()])
         return pruned_stats["median_ms"] / base_stats["median_ms"]
@@ -325,6 +338,7 @@ def _match_measured(opts: CompressOptions, backend: Any, make: Any, guess: float
             lo, hi = hi, min(0.95, hi + 2 * (hi - lo))
             continue
         if ratio > lo or lo == 0.0:
+            plan.meta["match"]["other_load_cores"] = load
             return plan, ratio
         log.info("the least pruning in [%.2f, %.2f] already beats %.2fx measured; widening to [%.2f, %.2f]", lo, hi,
                  opts.speedup, max(0.0, lo - 2 * (hi - lo)), lo)
@@ -430,7 +444,7 @@ def compress(opts: CompressOptions) -> dict[str, Any]:
     else:
         _log(opts, f"measure: base and pruned timed alternately, {opts.latency_rounds} rounds")
         base_acc = evaluate(sc.model, sc.data.test, device=device)
-        meas = {"base_test_accuracy": base_acc,
+        meas = {"base_test_accuracy": base_acc, "other_load_cores": _check_quiet(opts, "timing"),
                 "torch": measure_speedup(backend.measurer, sc.model, pruned, rounds=opts.latency_rounds)}
         if opts.onnx and "onnxruntime" in available_backends():
             m = backend.measurer
@@ -462,7 +476,7 @@ def compress(opts: CompressOptions) -> dict[str, Any]:
         "channels": [g.channels for g in backend.groups], "groups": [g.name for g in backend.groups],
         "base_test_accuracy": meas["base_test_accuracy"], **ft,
         "accuracy_change": ft["test_accuracy"] - meas["base_test_accuracy"],
-        "speedup_measured": meas["torch"]["speedup"],
+        "speedup_measured": meas["torch"]["speedup"], "timed_other_load_cores": meas.get("other_load_cores"),
         # judged on the final timing, not the one the baselines were matched on: the two can differ
         "misses_target": bool(meas["torch"]["speedup"] < (1.0 - MISS_TOLERANCE) * opts.speedup),
         "speedup_onnxruntime": meas.get("onnxruntime", {}).get("speedup"),

@@ -12,6 +12,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from pruning_env.measure import BUSY_CORES  # noqa: E402
+
 __all__ = ["write_report"]
 
 
@@ -92,7 +94,11 @@ def write_report(job: Path, final: dict[str, Any]) -> Path:
         f"| MACs | | {final['macs'] / 1e6:.1f} M ({_x(final['macs_ratio'])} fewer) |",
         f"| parameters | | {final['params'] / 1e3:.1f} K ({_x(final['params_ratio'])} fewer) |", "",
         "Latency: this machine, batch and threads as recorded in `measure.json`; base and pruned timed "
-        "alternately, median of the rounds' medians.", "",
+        "alternately, median of the rounds' medians."
+        + (f" **Timed while other processes kept {final['timed_other_load_cores']:.1f} cores busy**: under load "
+           "plans do not slow down alike; time it again with nothing else running "
+           "(`python -m benchmarks.speedups <job folder>`)." if (final.get("timed_other_load_cores") or 0) > BUSY_CORES
+           else ""), "",
         f"![widths](plots/{widths.name})", "",
     ]
     if curve is not None:

@@ -2,7 +2,10 @@
 
 A measurer runs the model (torch eager, or onnxruntime on an in-memory ONNX export) with a fixed number
 of threads and reports the median of repeated runs after warm-up runs; :meth:`LatencyMeasurer.measure_many`
-interleaves several models run by run, so a change of machine load hits all of them alike.
+interleaves several models run by run, so a change of machine load reaches all of them; it does not slow
+them alike (on 2 cores with a job on the other core, searched ResNet-56 plans timed 8-12% less speedup than
+quietly, the global plan 2%: docs/results.md), so time where nothing else runs: :func:`other_load` says
+how busy the machine is.
 :meth:`LatencyMeasurer.describe` is what every number it produces is recorded with (and what the
 per-layer table of :mod:`pruning_env.latency` is keyed by).
 """
@@ -26,7 +29,9 @@ from torch import nn
 
 from .train import pinned_threads
 
-__all__ = ["MISS_TOLERANCE", "LatencyMeasurer", "available_backends"]
+__all__ = ["MISS_TOLERANCE", "LatencyMeasurer", "available_backends", "other_load", "BUSY_CORES"]
+
+BUSY_CORES = 0.25  # other processes' load (cores) above which a timing is flagged as taken under load
 
 # A plan misses its target when its measured speedup falls more than 10% short of the target speedup
 # (at the default target 2x: below 1.8x). The action wall keeps every *predicted* speedup at or above the
@@ -255,3 +260,26 @@ class LatencyMeasurer:
         session = ort.InferenceSession(data, opts, providers=providers)
         feed = {session.get_inputs()[0].name: x.detach().cpu().numpy()}
         return lambda: session.run(None, feed)
+
+
+def other_load(seconds: float = 0.5) -> float | None:
+    """Cores other processes keep busy: the machine's CPU time over ``seconds`` while this process sleeps
+    (Linux ``/proc/stat``; None where it cannot be read). Near 0 on a quiet machine; timings taken above
+    :data:`BUSY_CORES` favour some plans over others."""
+    def sample() -> tuple[int, int, int]:
+        with open("/proc/stat") as f:
+            lines = f.read().splitlines()
+        fields = [int(v) for v in lines[0].split()[1:]]
+        cores = sum(1 for line in lines if line.startswith("cpu") and line[3:4].isdigit())
+        idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+        return sum(fields[:8]), idle, cores  # user..steal: guest time is counted in user already
+
+    try:
+        t0, i0, cores = sample()
+        time.sleep(seconds)
+        t1, i1, _ = sample()
+    except (OSError, ValueError, IndexError):
+        return None
+    if t1 <= t0:
+        return None
+    return cores * (1.0 - (i1 - i0) / (t1 - t0))

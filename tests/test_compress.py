@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+import time
 
 import numpy as np
 import pytest
@@ -154,7 +157,16 @@ def test_a_job_stopped_after_a_stage_goes_on_from_there(tmp_path, checkpoint):
     second = main([*args, "--stop-after", "finetune"])  # the command line says where it stopped
     assert second["stopped_after"] == "finetune" and second["steps"] == 3 and (job / "finetuned.pt").exists()
     assert not (job / "measure.json").exists()
-    final = compress(opts)
+    # timed beside a busy process (another job): the job records it and its report says to time it again
+    spinner = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        time.sleep(1.0)
+        final = compress(opts)
+    finally:
+        spinner.kill()
+        spinner.wait()
+    assert final["timed_other_load_cores"] > 0.5
+    assert "Timed while other processes kept" in (job / "report.md").read_text()
     assert final["kept"] == first["kept"] and final["test_accuracy"] == second["test_accuracy"]
     assert (job / "plan.json").stat().st_mtime_ns == planned and (job / "measure.json").exists()
     with pytest.raises(ValueError, match="--stop-after must be 'plan' or 'finetune'"):

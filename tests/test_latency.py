@@ -293,3 +293,20 @@ def test_macs_proxy_matches_pruned_mobilenet_v2():
     assert predicted < macs_for_kept(g, [grp.channels for grp in g.groups])
     pruned = apply_plan(g.model, plan, graph=g, inplace=True)  # the graph is not used afterwards
     assert predicted == pytest.approx(count_macs_params(pruned, X)[0], rel=0.01)
+
+
+def test_other_load_sees_a_process_busy_on_another_core():
+    """other_load (what compress records with every timing) counts other processes' CPU time, not ours."""
+    import os
+    import subprocess
+
+    from pruning_env.measure import other_load
+
+    spinner = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        time.sleep(0.5)
+        busy = other_load(0.5)
+    finally:
+        spinner.kill()
+        spinner.wait()
+    assert busy is not None and 0.7 < busy <= (os.cpu_count() or 1) + 0.01
