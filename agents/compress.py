@@ -304,9 +304,8 @@ def _start_plan(opts: CompressOptions, backend: Any) -> tuple[Any, dict[str, Any
     return plan, {"plan_file": str(path)}
 
 
-def _check_quiet(opts: CompressOptions, what: str) -> float | None:
-    """Other processes' load (cores) before a timing; a warning when it is busy."""
-    load = other_load()
+def _warn_if_busy(opts: CompressOptions, what: str, load: float | None) -> float | None:
+    """A warning when other processes kept more than ``BUSY_CORES`` cores busy around a timing; returns ``load``."""
     if load is not None and load > BUSY_CORES:
         log.warning("%s while other processes keep %.1f cores busy: under load plans do not slow down alike, so "
                     "speedups (and fits) differ from a quiet machine's by up to 10%% (docs/results.md); time with "
@@ -318,7 +317,7 @@ def _check_quiet(opts: CompressOptions, what: str) -> float | None:
 def _match_measured(opts: CompressOptions, backend: Any, make: Any, guess: float) -> tuple[Any, float]:
     """The smallest ratio of the family ``make`` whose plan meets ``1 / speedup`` of the base latency when
     timed (base and pruned alternately: load hits both alike), searched near ``guess``."""
-    load = _check_quiet(opts, "fitting on measured latency")
+    load = _warn_if_busy(opts, "fitting on measured latency", other_load())
 
     def measured_fraction(plan: Any) -> float:
         base_stats, pruned_stats = backend.measurer.measure_many([backend.graph.model, backend.prune(plan).eval()])
@@ -444,8 +443,9 @@ def compress(opts: CompressOptions) -> dict[str, Any]:
     else:
         _log(opts, f"measure: base and pruned timed alternately, {opts.latency_rounds} rounds")
         base_acc = evaluate(sc.model, sc.data.test, device=device)
-        meas = {"base_test_accuracy": base_acc, "other_load_cores": _check_quiet(opts, "timing"),
+        meas = {"base_test_accuracy": base_acc,
                 "torch": measure_speedup(backend.measurer, sc.model, pruned, rounds=opts.latency_rounds)}
+        _warn_if_busy(opts, "timing", meas["torch"]["other_load_cores"])
         if opts.onnx and "onnxruntime" in available_backends():
             m = backend.measurer
             ort = LatencyMeasurer(device="cpu", batch_size=m.batch_size, threads=m.threads, backend="onnxruntime",
@@ -476,7 +476,7 @@ def compress(opts: CompressOptions) -> dict[str, Any]:
         "channels": [g.channels for g in backend.groups], "groups": [g.name for g in backend.groups],
         "base_test_accuracy": meas["base_test_accuracy"], **ft,
         "accuracy_change": ft["test_accuracy"] - meas["base_test_accuracy"],
-        "speedup_measured": meas["torch"]["speedup"], "timed_other_load_cores": meas.get("other_load_cores"),
+        "speedup_measured": meas["torch"]["speedup"], "timed_other_load_cores": meas["torch"].get("other_load_cores"),
         # judged on the final timing, not the one the baselines were matched on: the two can differ
         "misses_target": bool(meas["torch"]["speedup"] < (1.0 - MISS_TOLERANCE) * opts.speedup),
         "speedup_onnxruntime": meas.get("onnxruntime", {}).get("speedup"),

@@ -74,8 +74,13 @@ def measure_speedup(measurer: Any, base: torch.nn.Module, pruned: torch.nn.Modul
     Each round is one :meth:`~pruning_env.measure.LatencyMeasurer.measure_many` session: base and pruned
     model take turns one forward pass at a time, so load that comes and goes hits both alike (timing
     30 runs of one and then 30 of the other let a burst of load fall on one model only: the same plan
-    measured 3.1-4.5x on a busy machine).
+    measured 3.1-4.5x on a busy machine). Load that stays does not hit them alike, though (other
+    processes' steady load slows some plans more than others): ``other_load_cores`` records how busy the
+    machine was (:func:`pruning_env.measure.other_load`).
     """
+    from pruning_env.measure import other_load
+
+    load = other_load()
     base_ms, pruned_ms = [], []
     for _ in range(max(1, rounds)):
         b_stats, p_stats = measurer.measure_many([base, pruned])
@@ -83,7 +88,8 @@ def measure_speedup(measurer: Any, base: torch.nn.Module, pruned: torch.nn.Modul
         pruned_ms.append(p_stats["median_ms"])
     b, p = float(np.median(base_ms)), float(np.median(pruned_ms))
     return {"base_latency_ms": b, "pruned_latency_ms": p, "speedup": b / max(p, 1e-12),
-            "base_runs_ms": base_ms, "pruned_runs_ms": pruned_ms, "measurer": measurer.describe()}
+            "base_runs_ms": base_ms, "pruned_runs_ms": pruned_ms, "measurer": measurer.describe(),
+            "other_load_cores": load}
 
 
 def model_outputs(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:

@@ -101,7 +101,8 @@ def remeasure(bench: str | Path, data_root: str | None = None, backend: str = "t
         if "recorded_speedup" in run:
             row["recorded_speedup"] = run["recorded_speedup"]
         rows.append({**row, "base_ms": b, "pruned_ms": p, "speedup": b / p,
-                     "backend": backend, "batch_size": batch_size, "threads": threads,
+                     "other_load_cores": timed["other_load_cores"], "backend": backend, "batch_size": batch_size,
+                     "threads": threads,
                      "hardware": meas.describe()["hardware"], "torch": torch.__version__})
         print(f"{run['run']}: {b:.2f} ms -> {p:.2f} ms, speedup {b / p:.2f}x", flush=True)
     df = pd.DataFrame(rows)

@@ -4,7 +4,7 @@ A measurer runs the model (torch eager, or onnxruntime on an in-memory ONNX expo
 of threads and reports the median of repeated runs after warm-up runs; :meth:`LatencyMeasurer.measure_many`
 interleaves several models run by run, so a change of machine load reaches all of them; it does not slow
 them alike (on 2 cores with a job on the other core, searched ResNet-56 plans timed 8-12% less speedup than
-quietly, the global plan 2%: docs/results.md), so time where nothing else runs: :func:`other_load` says
+quietly, the global plan 2-4%: docs/results.md), so time where nothing else runs: :func:`other_load` says
 how busy the machine is.
 :meth:`LatencyMeasurer.describe` is what every number it produces is recorded with (and what the
 per-layer table of :mod:`pruning_env.latency` is keyed by).
