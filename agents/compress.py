@@ -304,20 +304,20 @@ def _start_plan(opts: CompressOptions, backend: Any) -> tuple[Any, dict[str, Any
     return plan, {"plan_file": str(path)}
 
 
-def _warn_if_busy(opts: CompressOptions, what: str, load: float | None) -> float | None:
+def _warn_if_busy(what: str, load: float | None) -> float | None:
     """A warning when other processes kept more than ``BUSY_CORES`` cores busy around a timing; returns ``load``."""
     if load is not None and load > BUSY_CORES:
         log.warning("%s while other processes keep %.1f cores busy: under load plans do not slow down alike, so "
                     "speedups (and fits) differ from a quiet machine's by up to 10%% (docs/results.md); time with "
                     "nothing else running (--stop-after plan / finetune split a job)", what, load)
-        _log(opts, f"warning: {what} with {load:.1f} cores busy with other processes")
     return load
 
 
 def _match_measured(opts: CompressOptions, backend: Any, make: Any, guess: float) -> tuple[Any, float]:
     """The smallest ratio of the family ``make`` whose plan meets ``1 / speedup`` of the base latency when
-    timed (base and pruned alternately: load hits both alike), searched near ``guess``."""
-    load = _warn_if_busy(opts, "fitting on measured latency", other_load())
+    timed (base and pruned alternately, so load that comes and goes hits both; steady load from other
+    processes does not slow plans alike, hence the warning when the machine is busy), searched near ``guess``."""
+    load = _warn_if_busy("fitting on measured latency", other_load())
 
     def measured_fraction(plan: Any) -> float:
         base_stats, pruned_stats = backend.measurer.measure_many([backend.graph.model, backend.prune(plan).eval()])
@@ -445,7 +445,7 @@ def compress(opts: CompressOptions) -> dict[str, Any]:
         base_acc = evaluate(sc.model, sc.data.test, device=device)
         meas = {"base_test_accuracy": base_acc,
                 "torch": measure_speedup(backend.measurer, sc.model, pruned, rounds=opts.latency_rounds)}
-        _warn_if_busy(opts, "timing", meas["torch"]["other_load_cores"])
+        _warn_if_busy("timing", meas["torch"]["other_load_cores"])
         if opts.onnx and "onnxruntime" in available_backends():
             m = backend.measurer
             ort = LatencyMeasurer(device="cpu", batch_size=m.batch_size, threads=m.threads, backend="onnxruntime",

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -38,8 +39,6 @@ def _scenario_key(kwargs: dict[str, Any]) -> str:
 def _runs(bench: Path) -> list[dict[str, Any]]:
     """The plans to time: a benchmark's runs (``runs/*/best_plan.json``) or compress jobs (``plan.json``
     beside ``compress.json``, in ``bench``, ``bench/jobs`` or ``bench`` itself being one job)."""
-    import re
-
     found = []
     for run in sorted(p for p in (bench / "runs").glob("*") if (p / "best_plan.json").exists()):
         config = json.loads((run / "config.json").read_text())
