@@ -162,15 +162,17 @@ def _write(path: Path, data: Any) -> None:
 
 
 def _check_options(job: Path, opts: CompressOptions) -> None:
-    """A job folder belongs to one set of options (progress and the number of episodes may change)."""
+    """A job folder belongs to one set of options (progress and the number of episodes may change, and the
+    folder may move: ``out`` and ``name`` say where it is, not what it holds)."""
     path = job / "compress.json"
     now = {k: v for k, v in asdict(opts).items() if k not in ("progress", "episodes", "latency_rounds", "stop_after")}
+    where = ("out", "name")
     if path.exists():
         saved = json.loads(path.read_text())["options"]
         defaults = asdict(CompressOptions())
         # an option added after the job was made counts as its default (older job folders still resume)
-        diff = {k: (saved.get(k), v) for k, v in now.items() if json.loads(json.dumps(saved.get(k, defaults[k]))) !=
-                json.loads(json.dumps(v))}
+        diff = {k: (saved.get(k), v) for k, v in now.items() if k not in where and
+                json.loads(json.dumps(saved.get(k, defaults[k]))) != json.loads(json.dumps(v))}
         if diff:
             raise ValueError(f"{job} was made with other options {diff} (saved, now); use another --name")
     else:

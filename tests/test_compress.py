@@ -187,6 +187,16 @@ def test_jobs_made_before_an_option_existed_still_resume(tmp_path, checkpoint):
         _check_options(tmp_path, _opts(tmp_path, checkpoint, method="cem", rerank=3))
 
 
+def test_a_moved_job_folder_still_resumes(tmp_path, checkpoint):
+    from agents.compress import _check_options
+
+    _check_options(tmp_path, _opts(tmp_path / "here", checkpoint, method="uniform"))
+    moved = _opts(tmp_path / "there", checkpoint, method="uniform", name="renamed")  # copied elsewhere
+    _check_options(tmp_path, moved)  # where the folder is does not change what it holds
+    with pytest.raises(ValueError, match="other options.*speedup"):
+        _check_options(tmp_path, _opts(tmp_path / "there", checkpoint, method="uniform", speedup=3.0))
+
+
 def test_a_speedup_beyond_the_search_s_reach_is_refused_before_searching(tmp_path, checkpoint):
     with pytest.raises(ValueError, match=r"out of the search's reach.*predicts .*x.*round_to"):
         compress(_opts(tmp_path, checkpoint, method="random", speedup=50.0, episodes=2))
