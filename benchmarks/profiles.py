@@ -77,6 +77,12 @@ def _transfer(source: BenchScenario, target: BenchScenario) -> BenchScenario:
                          transfer_from=source.name, compare_with=target.name)
 
 
+# The paper's measured speedups per network (Yang et al. 2022, CIFAR-100), targets of both paper profiles.
+PAPER_SPEEDUPS = {"vgg19": 3.63, "resnet56": 3.35, "efficientnet_b0": 1.14}
+# ResNet-56 cannot reach 3x with the environment's defaults (max_prune_ratio 0.8, widths in multiples of
+# 8: pruning everything as far as allowed predicts 2.9x); these settings reach 3.35x (docs/results.md).
+_REACH = {"resnet56": {"max_prune_ratio": 0.9, "round_to": 4}}
+
 _ANIMALS20, _VEHICLES20 = _subset("resnet20", "animals", ANIMALS), _subset("resnet20", "vehicles", VEHICLES)
 _ANIMALS32, _ANIMALS56 = _subset("resnet32", "animals", ANIMALS), _subset("resnet56", "animals", ANIMALS)
 
@@ -96,15 +102,16 @@ PROFILES: dict[str, Profile] = {
     "paper": Profile(
         "paper",
         [BenchScenario(f"cifar100-{m}", {"model": m, "dataset": "cifar100", "val_samples": 2000,
+                                          "target_latency": round(1 / x, 4), **_REACH.get(m, {}),
                                           **({"data_root": _data_root()} if _data_root() else {})})
-         for m in ("vgg19", "resnet56", "efficientnet_b0")],
+         for m, x in PAPER_SPEEDUPS.items()],
         seeds=3, episodes=300, finetune_epochs=30,
         description="the paper's setting (VGG-19, ResNet-56, EfficientNet-B0 on CIFAR-100); a GPU makes it practical",
     ),
     "paper-cifar10": Profile(
         "paper-cifar10",
         [_cifar("vgg19", target_latency=round(1 / 3.63, 4), adapt_steps=0, finetune_steps=20),
-         _cifar("resnet56", target_latency=round(1 / 3.35, 4), finetune_steps=20),
+         _cifar("resnet56", target_latency=round(1 / 3.35, 4), finetune_steps=20, **_REACH["resnet56"]),
          _cifar("efficientnet_b0", target_latency=round(1 / 1.14, 4), adapt_steps=0, finetune_steps=20)],
         seeds=3, episodes=300, finetune_epochs=30,
         description="the paper's three networks at its speedups (3.63x, 3.35x, 1.14x, as measured latency here) on "
