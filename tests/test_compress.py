@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -231,7 +232,7 @@ def test_pareto_benchmark_tables_every_method_over_seeds(tmp_path, checkpoint):
     recorded = rows.set_index("job")["speedup_measured"]
     assert sp.set_index("run")["recorded_speedup"].to_dict() == pytest.approx(recorded.to_dict())
     assert sp["speedup"].median() > 1.1 and "recorded mean" in summary(sp)
-    assert sp["other_load_cores"].between(0, (__import__("os").cpu_count() or 1) + 0.01).all()  # how busy it was
+    assert sp["other_load_cores"].between(0, (os.cpu_count() or 1) + 0.01).all()  # how busy it was
 
 
 def test_rescore_scores_each_fine_tuned_plan_once_per_proxy_variant(tmp_path, checkpoint):
