@@ -199,9 +199,11 @@ def test_a_moved_job_folder_still_resumes(tmp_path, checkpoint):
 
 
 def test_a_speedup_beyond_the_search_s_reach_is_refused_before_searching(tmp_path, checkpoint):
+    # 1000x: beyond any table's reach (the back end clamps a prediction at 2% of the base latency, 50x, so
+    # a noisy table that extrapolates the smallest plan below it made 50x reachable now and then)
     with pytest.raises(ValueError, match=r"out of the search's reach.*predicts .*x.*round_to"):
-        compress(_opts(tmp_path, checkpoint, method="random", speedup=50.0, episodes=2))
-    job = tmp_path / "plain_cnn-digits-50x-random-s0"
+        compress(_opts(tmp_path, checkpoint, method="random", speedup=1000.0, episodes=2))
+    job = tmp_path / "plain_cnn-digits-1000x-random-s0"
     assert job.is_dir() and not (job / "plan.json").exists() and not (job / "search").exists()
 
 
